@@ -129,3 +129,29 @@ type Store interface {
 	// bucket and prefix) and never includes credentials.
 	Describe() string
 }
+
+// Checker is implemented by stores that can verify, before any work is
+// done, that they are usable as configured: reachable, trusted,
+// authenticated, the bucket present, and Object Lock and versioning enabled
+// where the configuration asks for retention. The daemon calls Check at
+// start-up so a misconfiguration fails at once with an error wrapping
+// ErrPermanent instead of at the first upload.
+type Checker interface {
+	Check(ctx context.Context) error
+}
+
+// Janitor is implemented by stores that an interrupted Put can leave debris
+// in: abandoned S3 multipart uploads (invisible as objects but billed as
+// storage) or temporary files. AbortStaleUploads removes debris under the
+// store's prefix older than olderThan and reports how many it removed. It
+// never touches complete objects, and it is idempotent. olderThan should
+// exceed the longest upload the caller expects to be running concurrently:
+// debris is indistinguishable from an upload still in flight.
+type Janitor interface {
+	AbortStaleUploads(ctx context.Context, olderThan time.Duration) (int, error)
+}
+
+// ChecksumCRC64NVME names the full-object CRC-64/NVME checksum (the
+// algorithm S3 computes as a full-object checksum even for multipart
+// uploads); Checksum.Value is base64 of its 8 big-endian bytes.
+const ChecksumCRC64NVME = "CRC64NVME"
