@@ -144,6 +144,9 @@ func (o Options) parseAge1(s string) (Recipient, error) {
 		r.Kind = KindX25519
 		r.Age, err = age.ParseX25519Recipient(s)
 	}
+	if errors.Is(err, ErrPluginDir) {
+		return Recipient{}, fmt.Errorf("recipient %s: %w", abbreviate(s), err)
+	}
 	if err != nil {
 		return Recipient{}, fmt.Errorf("recipient %s: %v: %w", abbreviate(s), err, ErrNotRecipient)
 	}
