@@ -83,8 +83,12 @@ func New(dir string) (*Store, error) {
 func (s *Store) dataDir() string { return filepath.Join(s.root, "data") }
 func (s *Store) metaDir() string { return filepath.Join(s.root, "meta") }
 
-func (s *Store) dataPath(key string) string { return filepath.Join(s.dataDir(), filepath.FromSlash(key)) }
-func (s *Store) metaPath(key string) string { return filepath.Join(s.metaDir(), filepath.FromSlash(key)) }
+func (s *Store) dataPath(key string) string {
+	return filepath.Join(s.dataDir(), filepath.FromSlash(key))
+}
+func (s *Store) metaPath(key string) string {
+	return filepath.Join(s.metaDir(), filepath.FromSlash(key))
+}
 
 // Describe names the store.
 func (s *Store) Describe() string { return "file://" + filepath.ToSlash(s.root) }
@@ -536,4 +540,3 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 	}
 	return c.r.Read(p)
 }
-
