@@ -3,8 +3,8 @@ package envelope
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/pem"
 	"encoding/base32"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
