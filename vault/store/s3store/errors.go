@@ -49,6 +49,9 @@ func (s *Store) wrap(op, key string, err error) error {
 	case errors.As(err, &recErr):
 		return fmt.Errorf("%s: TLS: the server does not speak TLS on this port (does the URL point at an http:// endpoint?): %w", where, store.ErrPermanent)
 	}
+	if strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+		return fmt.Errorf("%s: TLS: the server does not speak TLS on this port (does the URL point at an http:// endpoint?): %w", where, store.ErrPermanent)
+	}
 	if msg := err.Error(); strings.Contains(msg, "remote error: tls:") {
 		return fmt.Errorf("%s: TLS handshake refused by the server (%v); if it requires a client certificate, set store.clientCert and store.clientKey: %w", where, redact(err), store.ErrPermanent)
 	}
@@ -59,7 +62,7 @@ func (s *Store) wrap(op, key string, err error) error {
 		return fmt.Errorf("%s: %w", where, store.ErrNotExist)
 	case "NoSuchBucket":
 		return fmt.Errorf("%s: bucket %q does not exist (create it, or fix the store URL): %w", where, s.bucket, store.ErrPermanent)
-	case "InvalidAccessKeyId":
+	case "InvalidAccessKeyId", "XAdminUserNotFound":
 		return fmt.Errorf("%s: the server does not know this access key (check accessKeyFile or AWS_ACCESS_KEY_ID): %w", where, store.ErrPermanent)
 	case "SignatureDoesNotMatch":
 		return fmt.Errorf("%s: request signature rejected: the secret key is wrong (check secretKeyFile or AWS_SECRET_ACCESS_KEY) or the region is (store.region): %w", where, store.ErrPermanent)

@@ -354,20 +354,8 @@ func (s *Store) fullKey(key string) string { return s.prefix + key }
 // Check verifies the bucket is reachable with these credentials and, when
 // RequireObjectLock is set, that it has Object Lock and versioning.
 func (s *Store) Check(ctx context.Context) error {
-	var exists bool
-	err := s.retry(ctx, func() error {
-		var err error
-		exists, err = s.c.BucketExists(ctx, s.bucket)
-		return err
-	})
-	if err != nil {
-		return s.wrap("check bucket", "", err)
-	}
-	if !exists {
-		return fmt.Errorf("store %s: bucket %q does not exist (create it, with Object Lock if retention is configured): %w", s.Describe(), s.bucket, store.ErrPermanent)
-	}
-	// Listing proves read access to the prefix, which BucketExists does
-	// not.
+	// A listing (GET, with an error body naming the problem, unlike HEAD)
+	// proves the bucket exists and the identity may read the prefix.
 	if _, _, err := s.List(ctx, "", "", 1); err != nil {
 		return err
 	}
@@ -375,7 +363,7 @@ func (s *Store) Check(ctx context.Context) error {
 		return nil
 	}
 	var enabled string
-	err = s.retry(ctx, func() error {
+	err := s.retry(ctx, func() error {
 		var err error
 		enabled, _, _, _, err = s.c.GetObjectLockConfig(ctx, s.bucket)
 		return err

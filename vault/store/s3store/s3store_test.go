@@ -44,3 +44,10 @@ func TestConformance(t *testing.T) {
 		})
 	}
 }
+
+func writeFile(t *testing.T, name, content string) {
+	t.Helper()
+	if err := os.WriteFile(name, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
