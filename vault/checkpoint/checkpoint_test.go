@@ -1,0 +1,320 @@
+package checkpoint
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+)
+
+func archive(t testing.TB, opts testarchive.Options) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := testarchive.Write(&buf, opts); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// onlyReader hides bytes.Reader's other methods (Seek, WriteTo) so the
+// parser sees a plain stream, as it does through the Inspector's pipe.
+type onlyReader struct{ io.Reader }
+
+func parse(data []byte) (*Info, error) {
+	return Parse(onlyReader{bytes.NewReader(data)}, Limits{})
+}
+
+func TestParseEngines(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		opts   testarchive.Options
+		engine string
+	}{
+		{"crio", testarchive.Options{Engine: testarchive.CRIO}, EngineCRIO},
+		{"containerd", testarchive.Options{Engine: testarchive.Containerd}, EngineContainerd},
+		{"crio dotslash", testarchive.Options{Engine: testarchive.CRIO, DotSlash: true}, EngineCRIO},
+		{"containerd dotslash", testarchive.Options{Engine: testarchive.Containerd, DotSlash: true}, EngineContainerd},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.opts.Namespace, tt.opts.Pod, tt.opts.Container = "pay-ments", "api-7f9c", "side-car"
+			tt.opts.MemoryBytes = 300 << 10
+			data := archive(t, tt.opts)
+			info, err := parse(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := Identity{Namespace: "pay-ments", Pod: "api-7f9c", Container: "side-car"}
+			if info.Identity != want {
+				t.Errorf("identity = %v, want %v", info.Identity, want)
+			}
+			if info.Engine != tt.engine {
+				t.Errorf("engine = %q, want %q", info.Engine, tt.engine)
+			}
+			if info.PagesBytes != 300<<10 {
+				t.Errorf("pages = %d", info.PagesBytes)
+			}
+			if info.CheckpointBytes <= info.PagesBytes || info.RootfsDiffBytes == 0 {
+				t.Errorf("checkpoint %d, rootfs-diff %d bytes", info.CheckpointBytes, info.RootfsDiffBytes)
+			}
+			if info.ContainerID != testarchive.ContainerID(tt.opts) || info.Image != "registry.example/app:1.0" || info.Runtime != "runc" {
+				t.Errorf("id %q image %q runtime %q", info.ContainerID, info.Image, info.Runtime)
+			}
+			if !info.Checkpointed.Equal(testarchive.DefaultTime) || !info.Created.Before(info.Checkpointed) {
+				t.Errorf("times %v %v", info.Created, info.Checkpointed)
+			}
+			if info.ArchiveBytes != int64(len(data)) || info.TrailingBytes != 0 {
+				t.Errorf("archive %d trailing %d of %d", info.ArchiveBytes, info.TrailingBytes, len(data))
+			}
+			if info.MemberCount != len(info.Members) || info.Members[0].Name != "checkpoint/" {
+				t.Errorf("members %d %v", info.MemberCount, info.Members)
+			}
+			fn, err := ParseFilename(testarchive.Filename(tt.opts))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := CrossCheck(info.Identity, info.Checkpointed, fn); err != nil {
+				t.Errorf("cross-check of a matching name: %v", err)
+			}
+		})
+	}
+}
+
+func TestCRIUAnnotations(t *testing.T) {
+	data := archive(t, testarchive.Options{Annotations: map[string]string{
+		"org.criu.checkpoint.engine.version": "1.33",
+		"io.kubernetes.container.name":       "",
+		"io.kubernetes.cri-o.Metadata":       "not json",
+		"org.criu.checkpoint.container.name": "from-criu",
+	}})
+	info, err := parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Identity.Container != "from-criu" || info.CheckpointAnnotations["org.criu.checkpoint.engine.version"] != "1.33" {
+		t.Errorf("identity %v annotations %v", info.Identity, info.CheckpointAnnotations)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	good := archive(t, testarchive.Options{})
+	bigDump := bytes.Repeat([]byte(" "), 1<<20+1)
+	tests := []struct {
+		name string
+		data []byte
+		want error
+		msg  string
+	}{
+		{"empty", nil, ErrNotTar, "empty"},
+		{"not tar", bytes.Repeat([]byte("hello world\n"), 200), ErrNotTar, ""},
+		{"gzip", []byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3}, ErrTruncated, ""},
+		{"cut at boundary", good[:len(good)-1024], ErrTruncated, ""},
+		{"one zero block", good[:len(good)-512], ErrTruncated, ""},
+		{"cut mid member", good[:len(good)/2], ErrTruncated, ""},
+		{"cut mid header", good[:len(good)-1024-3000], ErrTruncated, ""},
+		{"stale tail", append(append([]byte{}, good...), []byte("old archive bytes")...), ErrTrailingData, "stale tail"},
+		{"no checkpoint dir", archive(t, testarchive.Options{Omit: []string{"checkpoint/"}}), ErrNotCheckpoint, "checkpoint/"},
+		{"no config", archive(t, testarchive.Options{Omit: []string{"config.dump"}}), ErrNotCheckpoint, "config.dump"},
+		{"no spec", archive(t, testarchive.Options{Omit: []string{"spec.dump"}, DotSlash: true}), ErrNotCheckpoint, "spec.dump"},
+		{"bad spec", archive(t, testarchive.Options{Override: map[string][]byte{"spec.dump": []byte("{")}}), ErrNotCheckpoint, "not valid JSON"},
+		{"bad config", archive(t, testarchive.Options{Override: map[string][]byte{"config.dump": []byte("[]")}}), ErrNotCheckpoint, "config.dump"},
+		{"oversized spec", archive(t, testarchive.Options{Override: map[string][]byte{"spec.dump": bigDump}}), ErrTooLarge, "spec.dump"},
+		{"no identity", archive(t, testarchive.Options{Override: map[string][]byte{"spec.dump": []byte(`{"annotations":{}}`)}}), ErrNotCheckpoint, "namespace"},
+		{"hostile identity", archive(t, testarchive.Options{Annotations: map[string]string{"io.kubernetes.pod.namespace": "../../etc"}}), ErrNotCheckpoint, "invalid"},
+		{"duplicate spec", archive(t, testarchive.Options{Override: map[string][]byte{"./spec.dump": []byte("{}")}}), ErrNotCheckpoint, "twice"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			info, err := parse(tt.data)
+			if err == nil {
+				t.Fatalf("accepted: %+v", info)
+			}
+			if !errors.Is(err, tt.want) {
+				t.Errorf("error %v is not %v", err, tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.msg) {
+				t.Errorf("error %q lacks %q", err, tt.msg)
+			}
+		})
+	}
+}
+
+// TestTruncatedEverywhere cuts a small archive at every 512-byte boundary
+// and a few odd offsets: none of the prefixes may be accepted.
+func TestTruncatedEverywhere(t *testing.T) {
+	good := archive(t, testarchive.Options{MemoryBytes: 4096})
+	for n := 0; n < len(good); n += 512 {
+		for _, k := range []int{n, n + 1, n + 511} {
+			if k >= len(good) {
+				continue
+			}
+			if _, err := parse(good[:k]); err == nil {
+				t.Fatalf("a %d-byte prefix of a %d-byte archive was accepted", k, len(good))
+			}
+		}
+	}
+}
+
+func TestTrailingZeros(t *testing.T) {
+	good := archive(t, testarchive.Options{})
+	padded := append(append([]byte{}, good...), make([]byte, 10240)...)
+	info, err := parse(padded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.ArchiveBytes != int64(len(good)) || info.TrailingBytes != 10240 {
+		t.Errorf("archive %d trailing %d", info.ArchiveBytes, info.TrailingBytes)
+	}
+}
+
+// TestInspectorOneRead feeds the archive through io.MultiWriter alongside
+// a hash, as the daemon does, and checks the same verdict as Parse.
+func TestInspectorOneRead(t *testing.T) {
+	data := archive(t, testarchive.Options{Engine: testarchive.Containerd, MemoryBytes: 5 << 20})
+	h := sha256.New()
+	in := NewInspector(Limits{})
+	n, err := io.Copy(io.MultiWriter(h, in), onlyReader{bytes.NewReader(data)})
+	if err != nil || n != int64(len(data)) {
+		t.Fatalf("copy: %d, %v", n, err)
+	}
+	info, err := in.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Engine != EngineContainerd || info.PagesBytes != 5<<20 {
+		t.Errorf("info %+v", info)
+	}
+	want := sha256.Sum256(data)
+	if !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Error("the hash branch did not see every byte")
+	}
+}
+
+// TestInspectorStopsEarly: a non-tar stream fails the copy at once instead
+// of being read to the end.
+func TestInspectorStopsEarly(t *testing.T) {
+	in := NewInspector(Limits{})
+	src := io.LimitReader(testarchive.NewPageReader(1), 1<<30)
+	n, err := io.Copy(in, src)
+	if err == nil {
+		t.Fatal("copy of random bytes into the inspector succeeded")
+	}
+	if n > 1<<20 {
+		t.Errorf("read %d bytes of a non-tar before stopping", n)
+	}
+	if _, err := in.Finish(); !errors.Is(err, ErrNotTar) {
+		t.Errorf("Finish: %v", err)
+	}
+	in = NewInspector(Limits{})
+	in.Write([]byte("partial"))
+	in.Abort(errors.New("disk error"))
+}
+
+func TestParseFilename(t *testing.T) {
+	tests := []struct {
+		in   string
+		pod  string
+		nc   string
+		time string
+		ok   bool
+	}{
+		{"checkpoint-web-1_default-app-2026-03-13T21:43:06Z.tar", "web-1", "default-app", "2026-03-13T21:43:06Z", true},
+		{"checkpoint-web_a-b-c-d-2024-04-29T20:43:15+08:00.tar", "web", "a-b-c-d", "2024-04-29T20:43:15+08:00", true},
+		{"checkpoint-web_ns-c-2024-04-29T20:43:15.123-01:00.tar", "web", "ns-c", "2024-04-29T20:43:15.123-01:00", true},
+		{"checkpoint-web_ns-c-2024-04-29T20:43:15Z.tar.tmp", "", "", "", false},
+		{"checkpoint-webns-c-2024-04-29T20:43:15Z.tar", "", "", "", false},
+		{"checkpoint-web_nsc-2024-04-29T20:43:15Z.tar", "", "", "", false},
+		{"checkpoint-web_ns-c-2024-04-29.tar", "", "", "", false},
+		{"checkpoint-_ns-c-2024-04-29T20:43:15Z.tar", "", "", "", false},
+		{"other.tar", "", "", "", false},
+	}
+	for _, tt := range tests {
+		fn, err := ParseFilename(tt.in)
+		if (err == nil) != tt.ok {
+			t.Errorf("ParseFilename(%q) error %v, want ok=%v", tt.in, err, tt.ok)
+			continue
+		}
+		if !tt.ok {
+			continue
+		}
+		want, _ := time.Parse(time.RFC3339, tt.time)
+		if fn.Pod != tt.pod || fn.NamespaceContainer != tt.nc || !fn.Time.Equal(want) {
+			t.Errorf("ParseFilename(%q) = %+v", tt.in, fn)
+		}
+	}
+}
+
+func TestCrossCheckMismatch(t *testing.T) {
+	fn, _ := ParseFilename("checkpoint-web_ns-a-b-2026-03-13T21:43:06Z.tar")
+	at := fn.Time
+	if err := CrossCheck(Identity{"ns-a", "web", "b"}, at, fn); err != nil {
+		t.Errorf("ns-a/b: %v", err)
+	}
+	if err := CrossCheck(Identity{"ns", "web", "a-b"}, at.Add(time.Minute), fn); err != nil {
+		t.Errorf("ns/a-b: %v", err)
+	}
+	err := CrossCheck(Identity{"ns", "other", "b"}, at.Add(time.Hour), fn)
+	var me *MismatchError
+	if !errors.As(err, &me) || strings.Join(me.Fields, ",") != "pod,namespace-container,time" {
+		t.Errorf("mismatch: %v", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(archive(f, testarchive.Options{MemoryBytes: 1024}))
+	f.Add(archive(f, testarchive.Options{Engine: testarchive.Containerd, DotSlash: true, MemoryBytes: 100}))
+	f.Add([]byte{})
+	f.Add(make([]byte, 1024))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		info, err := parse(data)
+		if err != nil {
+			return
+		}
+		// Property: an accepted archive was read through its marker, and
+		// any prefix cut before the marker is refused.
+		if info.ArchiveBytes+info.TrailingBytes != int64(len(data)) {
+			t.Fatalf("accepted with archive %d + trailing %d != %d bytes", info.ArchiveBytes, info.TrailingBytes, len(data))
+		}
+		if info.ArchiveBytes >= 512 {
+			if _, err := parse(data[:info.ArchiveBytes-512]); err == nil {
+				t.Fatal("a prefix without the full end marker was accepted")
+			}
+		}
+		if !validName(info.Identity.Namespace) || !validName(info.Identity.Pod) || !validName(info.Identity.Container) {
+			t.Fatalf("accepted identity %v", info.Identity)
+		}
+	})
+}
+
+func BenchmarkInspector(b *testing.B) {
+	data := archive(b, testarchive.Options{MemoryBytes: 256 << 20})
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		in := NewInspector(Limits{})
+		if _, err := io.Copy(in, onlyReader{bytes.NewReader(data)}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := in.Finish(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func FuzzParseFilename(f *testing.F) {
+	f.Add("checkpoint-web_a-b-c-d-2024-04-29T20:43:15+08:00.tar")
+	f.Add("checkpoint-x_-T.tar")
+	f.Fuzz(func(t *testing.T, name string) {
+		fn, err := ParseFilename(name)
+		if err != nil {
+			return
+		}
+		if fn.Pod == "" || strings.Contains(fn.Pod, "_") || !strings.Contains(fn.NamespaceContainer, "-") || fn.Time.IsZero() {
+			t.Fatalf("ParseFilename(%q) = %+v", name, fn)
+		}
+	})
+}
