@@ -287,10 +287,10 @@ func TestTamper(t *testing.T) {
 		}, 50},
 		{"hide a record from queries", func(t *testing.T, tx *bolt.Tx) {
 			r := getRec(t, tx, 17)
-			tx.Bucket(bucketIndex).Bucket([]byte(idxPod)).Delete(append(valuePrefix(r.Pod), seqKey(17)...))
+			tx.Bucket(bucketIndex).Delete(append(valuePrefix(idxPod, r.Pod), seqKey(17)...))
 		}, 17},
 		{"plant an index entry", func(t *testing.T, tx *bolt.Tx) {
-			tx.Bucket(bucketIndex).Bucket([]byte(idxNamespace)).Put(append(valuePrefix("payments"), seqKey(5)...), nil)
+			tx.Bucket(bucketIndex).Put(append(valuePrefix(idxNamespace, "payments"), seqKey(5)...), nil)
 		}, 5},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -110,7 +110,7 @@ func (l *Log) Query(ctx context.Context, f Filter) (Page, error) {
 		}
 		var iters []*seqIter
 		for name, v := range f.equalities() {
-			iters = append(iters, &seqIter{c: ib.Bucket([]byte(name)).Cursor(), prefix: valuePrefix(v)})
+			iters = append(iters, &seqIter{c: ib.Cursor(), prefix: valuePrefix(name, v)})
 		}
 		if len(iters) == 0 {
 			iters = append(iters, &seqIter{c: rb.Cursor()})
@@ -159,18 +159,19 @@ func seqRange(tx *bolt.Tx, f *Filter) (lo, hi uint64) {
 	if k, _ := tx.Bucket(bucketRecords).Cursor().Last(); len(k) == 8 {
 		hi = binary.BigEndian.Uint64(k)
 	}
-	tc := tx.Bucket(bucketIndex).Bucket([]byte(idxTime)).Cursor()
+	tc := tx.Bucket(bucketIndex).Cursor()
+	isTime := func(k []byte) bool { return len(k) == 17 && k[0] == indexTag[idxTime] }
 	if !f.Since.IsZero() {
-		k, _ := tc.Seek(binary.BigEndian.AppendUint64(nil, uint64(f.Since.UnixNano())))
-		if len(k) != 16 {
+		k, _ := tc.Seek(timeKey(f.Since, 0))
+		if !isTime(k) {
 			return 1, 0 // everything is older
 		}
-		lo = binary.BigEndian.Uint64(k[8:])
+		lo = binary.BigEndian.Uint64(k[9:])
 	}
 	if !f.Until.IsZero() {
-		k, _ := tc.Seek(binary.BigEndian.AppendUint64(nil, uint64(f.Until.UnixNano())))
-		if len(k) == 16 {
-			s := binary.BigEndian.Uint64(k[8:])
+		k, _ := tc.Seek(timeKey(f.Until, 0))
+		if isTime(k) {
+			s := binary.BigEndian.Uint64(k[9:])
 			if s == 0 {
 				return 1, 0
 			}

@@ -153,9 +153,14 @@ func (l *Log) Verify(ctx context.Context, v HeadVerifier) (*Report, error) {
 				rep.add(rep.Last+1, "signed head covers seq %d but the log ends at %d: records %d to %d were dropped", h.Seq, rep.Last, rep.Last+1, h.Seq)
 			}
 		}
+		got := map[byte]int{}
+		ic := ib.Cursor()
+		for k, _ := ic.First(); k != nil; k, _ = ic.Next() {
+			got[k[0]]++
+		}
 		for _, name := range append([]string{idxTime}, stringIndexes...) {
-			if got, want := ib.Bucket([]byte(name)).Stats().KeyN, indexCount[name]; got != want {
-				findExtraIndexEntry(rb, ib.Bucket([]byte(name)), name, rep)
+			if got[indexTag[name]] != indexCount[name] {
+				findExtraIndexEntry(rb, ib, name, rep)
 			}
 		}
 		return nil
@@ -219,7 +224,7 @@ func loadHeads(hb *bolt.Bucket, rep *Report) []Head {
 // checkIndexes confirms r's index entries exist and counts them.
 func checkIndexes(ib *bolt.Bucket, r *Record, count map[string]int, rep *Report) {
 	key := seqKey(r.Seq)
-	if !hasKey(ib.Bucket([]byte(idxTime)), timeKey(r.Time, r.Seq)) {
+	if !hasKey(ib, timeKey(r.Time, r.Seq)) {
 		rep.add(r.Seq, "index time lacks the record (queries would hide it)")
 	}
 	count[idxTime]++
@@ -229,7 +234,7 @@ func checkIndexes(ib *bolt.Bucket, r *Record, count map[string]int, rep *Report)
 			continue
 		}
 		count[name]++
-		if !hasKey(ib.Bucket([]byte(name)), append(valuePrefix(v), key...)) {
+		if !hasKey(ib, append(valuePrefix(name, v), key...)) {
 			rep.add(r.Seq, "index %s lacks the record (queries would hide it)", name)
 		}
 	}
@@ -247,8 +252,9 @@ func hasKey(b *bolt.Bucket, k []byte) bool {
 // count shows there is one, so a healthy log pays nothing for it.
 func findExtraIndexEntry(rb, b *bolt.Bucket, name string, rep *Report) {
 	c := b.Cursor()
-	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		if len(k) < 8 {
+	tag := []byte{indexTag[name]}
+	for k, _ := c.Seek(tag); k != nil && k[0] == tag[0]; k, _ = c.Next() {
+		if len(k) < 9 {
 			rep.add(0, "index %s holds a malformed entry %x", name, k)
 			return
 		}
@@ -260,7 +266,7 @@ func findExtraIndexEntry(rb, b *bolt.Bucket, name string, rep *Report) {
 		}
 		want := timeKey(r.Time, seq)
 		if name != idxTime {
-			want = append(valuePrefix(indexValue(&r, name)), seqKey(seq)...)
+			want = append(valuePrefix(name, indexValue(&r, name)), seqKey(seq)...)
 		}
 		if !bytes.Equal(k, want) {
 			rep.add(seq, "index %s holds an entry for record %d that the record does not match (planted: queries would show it under the wrong value)", name, seq)
