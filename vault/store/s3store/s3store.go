@@ -18,11 +18,11 @@
 //
 // # Bounded memory
 //
-// Put requires the exact size. Objects up to PartSize go in one streaming
-// PUT (no buffer); larger ones are multipart uploads that read into
-// Concurrency buffers of PartSize bytes and upload them in parallel:
-// 2 × 16 MiB by default, so peak extra memory per upload is 32 MiB whatever
-// the object's size.
+// Put requires the exact size. Objects up to MultipartThreshold (1 GiB by
+// default) go in one streaming PUT with no buffer at all; larger ones are
+// multipart uploads that read into Concurrency buffers of PartSize bytes and
+// upload them in parallel: 2 × 16 MiB by default, so peak extra memory per
+// upload is 32 MiB whatever the object's size.
 //
 // # Proof of completeness
 //
@@ -87,9 +87,14 @@ import (
 const (
 	DefaultPartSize    = 16 << 20
 	DefaultConcurrency = 2
-	defaultAttempts    = 4
-	defaultBaseDelay   = 250 * time.Millisecond
-	maxDelay           = 8 * time.Second
+	// DefaultMultipartThreshold: objects up to 1 GiB go in a single
+	// streaming PUT, which needs no buffer and is as fast as the network;
+	// beyond that, multipart bounds what a failure late in the upload
+	// costs, since minio-go retries a failed part on its own.
+	DefaultMultipartThreshold = 1 << 30
+	defaultAttempts           = 4
+	defaultBaseDelay          = 250 * time.Millisecond
+	maxDelay                  = 8 * time.Second
 )
 
 // Config configures a Store. URL is required; the rest have defaults.
@@ -116,9 +121,14 @@ type Config struct {
 	// Lock and versioning enabled.
 	RequireObjectLock bool
 	// PartSize (default 16 MiB, minimum 5 MiB) and Concurrency (default
-	// 2) bound each upload's buffers to PartSize × Concurrency bytes.
+	// 2) bound each multipart upload's buffers to PartSize × Concurrency
+	// bytes.
 	PartSize    uint64
 	Concurrency uint
+	// MultipartThreshold is the largest object sent as one streaming PUT
+	// (no buffering at all); larger objects go multipart. Default
+	// DefaultMultipartThreshold; -1 means always multipart above PartSize.
+	MultipartThreshold int64
 	// Attempts bounds tries per operation (default 4); BaseDelay is the
 	// first backoff (default 250ms), doubling up to 8s.
 	Attempts  int
@@ -141,6 +151,7 @@ type Store struct {
 	cfg       Config
 	partSize  uint64
 	threads   uint
+	threshold int64
 	attempts  int
 	baseDelay time.Duration
 }
@@ -208,6 +219,15 @@ func New(cfg Config) (*Store, error) {
 	}
 	if s.threads == 0 {
 		s.threads = DefaultConcurrency
+	}
+	switch s.threshold = cfg.MultipartThreshold; {
+	case s.threshold == 0:
+		s.threshold = DefaultMultipartThreshold
+	case s.threshold < int64(s.partSize):
+		s.threshold = int64(s.partSize)
+	}
+	if s.threshold > 5<<30 {
+		return nil, fmt.Errorf("store %s: multipart threshold %d exceeds S3's 5 GiB single-PUT limit: %w", s.Describe(), s.threshold, store.ErrPermanent)
 	}
 	if s.attempts <= 0 {
 		s.attempts = defaultAttempts
@@ -478,12 +498,17 @@ func (s *Store) putOnce(ctx context.Context, key string, r io.Reader, size int64
 		Checksum:    minio.ChecksumCRC64NVME,
 		PartSize:    s.partSize,
 	}
-	if size > int64(s.partSize) && s.threads > 1 {
+	switch {
+	case size <= s.threshold:
+		// One streaming PUT: minio-go sends the body as it reads it,
+		// with the CRC64NVME in a trailer.
+		popts.DisableMultipart = true
+	case s.threads > 1:
 		// NumThreads buffers of PartSize, filled serially from hr and
 		// uploaded in parallel: the memory bound in the package doc.
 		popts.ConcurrentStreamParts = true
 		popts.NumThreads = s.threads
-	} else {
+	default:
 		popts.NumThreads = 1
 	}
 	if m := opts.Retention.Mode; m != "" {

@@ -23,6 +23,8 @@ func newFor(t testing.TB, srv *testservers.Server, mod func(*Config)) *Store {
 		PathStyle:         "path",
 		RequireObjectLock: true,
 		BaseDelay:         10e6,
+		// Objects over one 16 MiB part exercise the multipart path.
+		MultipartThreshold: -1,
 	}
 	if mod != nil {
 		mod(&cfg)
