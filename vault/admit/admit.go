@@ -352,3 +352,15 @@ func (l *leaseReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// Stat returns the snapshot of name in dir, without following a symlink.
+func Stat(dir *os.File, name string) (Snapshot, error) {
+	if err := CheckName(name); err != nil {
+		return Snapshot{}, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(int(dir.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return Snapshot{}, err
+	}
+	return snapshotOf(&st), nil
+}
