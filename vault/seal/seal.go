@@ -13,7 +13,7 @@
 //	encrypt goroutine:   age STREAM encryption into ciphertext buffers
 //	hash goroutine:      SHA-256(ciphertext), then hands buffers to Read
 //
-// Buffers circulate through fixed pools, so memory (about 10 MiB) and
+// Buffers circulate through fixed pools, so memory (about 17 MiB) and
 // allocations do not depend on the stream's size.
 package seal
 
@@ -46,7 +46,7 @@ const (
 	bufSize = 16 * envelope.ChunkSize // 1 MiB
 	// nBufs buffers per pool: enough for each stage to work while the
 	// next one drains.
-	nBufs = 4
+	nBufs = 8
 )
 
 type buffer struct {
