@@ -26,7 +26,8 @@ Start with:  ckvault dev --demo`,
 		return usageError{err.Error()}
 	})
 	root.AddCommand(
-	// Each command lives in its own file as newXxxCommand().
+		// Each command lives in its own file as newXxxCommand().
+		newKeygenCommand(),
 	)
 	return root
 }
