@@ -372,6 +372,7 @@ func ReadStore(ctx context.Context, st store.Store, v HeadVerifier) (*StoreTrail
 		}
 		var recs []Record
 		var prev Digest
+		linked := true // prev is known: the chain from seq 1 is unbroken
 		next := uint64(1)
 		for _, r := range refs {
 			if r.first != next {
@@ -382,15 +383,15 @@ func ReadStore(ctx context.Context, st store.Store, v HeadVerifier) (*StoreTrail
 				}
 				// Continue from this segment so later ones are still read,
 				// but the chain across the gap is unproven.
-				prev = Digest{}
+				linked = false
 			}
 			seg, err := readSegment(ctx, st, r.key)
 			if err != nil {
 				finding(r.first, "%v", err)
-				next = r.last + 1
+				next, linked = r.last+1, false
 				continue
 			}
-			if r.first == next && seg.Records[0].Prev != prev {
+			if linked && seg.Records[0].Prev != prev {
 				finding(r.first, "segment %s does not link to the previous segment (a segment was replaced)", r.key)
 			}
 			hint, err := v.VerifyDigest(seg.Head.Digest(), seg.Head.Sig)
@@ -404,7 +405,7 @@ func ReadStore(ctx context.Context, st store.Store, v HeadVerifier) (*StoreTrail
 				}
 			}
 			recs = append(recs, seg.Records...)
-			prev = seg.Head.Hash
+			prev, linked = seg.Head.Hash, true
 			next = r.last + 1
 		}
 		t.Nodes[node] = recs
