@@ -58,7 +58,7 @@ var (
 
 // bigLog builds, once per run, a database of 1,000,000 records of which
 // 1,000 (every 1,000th) are in namespace "payments". It uses the bulk-load
-// path: the same appendTx as Append, but 50,000 records per transaction
+// path: the same appendTx as Append, but 2,000 records per transaction
 // without fsync and without signed heads, which is fine for measuring
 // queries and is not how the daemon writes.
 func bigLog(b *testing.B) string {
@@ -84,7 +84,7 @@ func bigLog(b *testing.B) string {
 		now := time.Now().Add(-24 * time.Hour)
 		for seq := 1; seq <= 1_000_000; {
 			bigErr = db.Update(func(tx *bolt.Tx) error {
-				for end := seq + 50_000; seq < end; seq++ {
+				for end := min(seq+2_000, 1_000_001); seq < end; seq++ {
 					ns := fmt.Sprintf("ns-%d", seq%97)
 					if seq%1000 == 0 {
 						ns = "payments"

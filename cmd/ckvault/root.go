@@ -28,6 +28,7 @@ Start with:  ckvault dev --demo`,
 	root.AddCommand(
 		// Each command lives in its own file as newXxxCommand().
 		newKeygenCommand(),
+		newAuditCommand(),
 	)
 	return root
 }
