@@ -1,0 +1,761 @@
+// Package daemon is the node daemon's pipeline: it watches the checkpoints
+// directory, admits finished archives, reads each exactly once to seal
+// (SHA-256, age, SHA-256) and upload it, signs and uploads its manifest,
+// proves the remote copy, records every step in the audit log and only then
+// destroys the local copy.
+//
+// # Invariant
+//
+// The local archive is never destroyed before the remote copy is proven
+// complete and the audit record of that proof is durable. Progress is a
+// state machine in bbolt (see Stage), written before each step that depends
+// on it, so a crash at any instant resumes: a half-uploaded archive is
+// uploaded again under the same object key (the key derives from stable
+// inputs: node, container id, file name, size, checkpoint time), an uploaded
+// one is re-proven with Stat, a proven one is re-checked and shredded.
+//
+// # Recipients before the first byte
+//
+// Recipients depend on the namespace, which only spec.dump states, and
+// spec.dump normally follows the CRIU images in the tar. The daemon therefore
+// pre-scans the tar headers under the admission lease (seeking over member
+// contents, reading only config.dump and spec.dump) before the one pass; see
+// prescan.go for why this keeps the one-pass property and what happens when
+// the stream disagrees.
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/checkpoint-vault/ckvault/audit"
+	"github.com/checkpoint-vault/ckvault/audit/auditsock"
+	"github.com/checkpoint-vault/ckvault/crypto/envelope"
+	"github.com/checkpoint-vault/ckvault/crypto/signing"
+	"github.com/checkpoint-vault/ckvault/policy"
+	"github.com/checkpoint-vault/ckvault/vault/admit"
+	"github.com/checkpoint-vault/ckvault/vault/store"
+	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
+	"github.com/checkpoint-vault/ckvault/vault/watch"
+)
+
+// Options tune a Daemon beyond its configuration file. The zero value is
+// what `ckvault daemon` uses.
+type Options struct {
+	Logger *slog.Logger
+	// ConfigPath is recorded in the config-loaded audit record.
+	ConfigPath string
+	// Version is written into manifests as the tool version.
+	Version string
+	// Store replaces the configured store (tests, embedding).
+	Store store.Store
+	// PollInterval is how often a file still held open for writing is
+	// looked at again (default 100ms): it bounds close-to-admission latency.
+	PollInterval time.Duration
+	// MinBackoff and MaxBackoff bound the retry delay after a failure
+	// (defaults 1s and 1m).
+	MinBackoff, MaxBackoff time.Duration
+	// DrainTimeout bounds how long a stop waits for archives in flight
+	// (default 2m); after it they are abandoned mid-way, which is safe.
+	DrainTimeout time.Duration
+	// Debounce is the watcher's quiet time before an event (default 50ms).
+	Debounce time.Duration
+}
+
+// Daemon is one node daemon. Create it with New and run it with Run once.
+type Daemon struct {
+	cfg    *policy.Config
+	opts   Options
+	log    *slog.Logger
+	node   string
+	owner  admit.OwnerRule
+	store  store.Store
+	audit  *audit.Log
+	state  *stateDB
+	signer *signing.Signer
+	dir    *os.File
+	m      *metrics
+
+	recipients map[string]*envelope.RecipientSet // "" is the global set
+	skip       map[string]bool
+
+	mu          sync.Mutex
+	pending     map[string]*item
+	waiters     []chan struct{}
+	storeErr    error
+	metricsAddr string
+	ready       chan struct{}
+}
+
+// item is one name in the backlog.
+type item struct {
+	name       string
+	first      time.Time // when it entered the backlog
+	due        time.Time
+	attempts   int
+	running    bool
+	again      bool // an event arrived while running
+	detected   bool
+	lastReason string
+}
+
+// New opens everything the daemon needs and fails, naming what and how to
+// fix it, on any misconfiguration: recipients, signing key, state and audit
+// databases, the checkpoints directory and the store.
+func New(ctx context.Context, cfg *policy.Config, opts Options) (d *Daemon, err error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Version == "" {
+		opts.Version = "dev"
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = 100 * time.Millisecond
+	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = time.Second
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = time.Minute
+	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = 2 * time.Minute
+	}
+	if opts.Debounce <= 0 {
+		opts.Debounce = 50 * time.Millisecond
+	}
+	d = &Daemon{cfg: cfg, opts: opts, log: opts.Logger, node: cfg.Node, m: newMetrics(),
+		pending: map[string]*item{}, ready: make(chan struct{}), skip: map[string]bool{},
+		recipients: map[string]*envelope.RecipientSet{}}
+	uid, anyOwner := cfg.Daemon.OwnerRule()
+	d.owner = admit.OwnerRule{Any: anyOwner, UID: uid}
+	var closers []func() error
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				closers[i]()
+			}
+		}
+	}()
+
+	if err := d.loadRecipients(); err != nil {
+		return nil, err
+	}
+	pw := signing.PasswordFromEnv()
+	if cfg.Signing.PasswordFile != "" {
+		pw = signing.PasswordFromFile(cfg.Signing.PasswordFile)
+	}
+	d.signer, err = signing.LoadSigner(ctx, cfg.Signing.Key, pw)
+	if err != nil {
+		return nil, fmt.Errorf("loading signing key %s: %w", cfg.Signing.Key, err)
+	}
+	trusted, err := trustedKeys(cfg, d.signer)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Store != nil {
+		d.store = opts.Store
+	} else {
+		st, err := storeconfig.Open(cfg.Store, d.log)
+		if err != nil {
+			return nil, fmt.Errorf("opening store %s: %w", cfg.Store.URL, err)
+		}
+		d.store = st
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state directory %s: %w", cfg.StateDir, err)
+	}
+	if err := os.Chmod(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("restricting state directory %s to 0700: %w", cfg.StateDir, err)
+	}
+	d.state, err = openState(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, d.state.Close)
+	d.audit, err = audit.Open(audit.Path(cfg.StateDir), audit.Options{
+		Node: cfg.Node, Signer: d.signer, Verifier: trusted,
+		SignEvery: cfg.Audit.SignEvery, SignInterval: cfg.Audit.SignEveryInterval(), Logger: d.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("opening audit log in %s: %w", cfg.StateDir, err)
+	}
+	closers = append(closers, d.audit.Close)
+	return d, nil
+}
+
+// loadRecipients parses the global and per-namespace recipient sets once, so
+// a bad recipient fails the start rather than an archive.
+func (d *Daemon) loadRecipients() error {
+	eo := envelope.Options{PluginDir: d.cfg.PluginDir}
+	load := func(what string, list []string, file string) (*envelope.RecipientSet, error) {
+		var rs []envelope.Recipient
+		for i, s := range list {
+			r, err := eo.ParseRecipient(s)
+			if err != nil {
+				return nil, fmt.Errorf("%s: recipient %d: %w", what, i+1, err)
+			}
+			rs = append(rs, r)
+		}
+		if file != "" {
+			more, err := eo.LoadRecipientsFile(file)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", what, err)
+			}
+			rs = append(rs, more...)
+		}
+		set, err := envelope.NewRecipientSet(rs...)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		return set, nil
+	}
+	global, err := load("recipients", d.cfg.Recipients, d.cfg.RecipientsFile)
+	if err != nil {
+		return err
+	}
+	d.recipients[""] = global
+	for ns := range d.cfg.Namespaces {
+		list, file, skip := d.cfg.NamespacePolicy(ns)
+		if skip {
+			d.skip[ns] = true
+			continue
+		}
+		set, err := load("namespaces."+ns+".recipients", list, file)
+		if err != nil {
+			return err
+		}
+		d.recipients[ns] = set
+	}
+	return nil
+}
+
+// recipientsFor returns who may read namespace ns's archives, or skip.
+func (d *Daemon) recipientsFor(ns string) (*envelope.RecipientSet, bool, error) {
+	if d.skip[ns] {
+		return nil, true, nil
+	}
+	if rs, ok := d.recipients[ns]; ok {
+		return rs, false, nil
+	}
+	return d.recipients[""], false, nil
+}
+
+// headVerifier adapts TrustedKeys (which reads .sig files) to the audit
+// log's raw DER head signatures.
+type headVerifier struct{ t *signing.TrustedKeys }
+
+func (h headVerifier) VerifyDigest(digest [32]byte, sig []byte) (string, error) {
+	return h.t.VerifyDigest(digest, signing.EncodeSig(sig))
+}
+
+func trustedKeys(cfg *policy.Config, s *signing.Signer) (audit.HeadVerifier, error) {
+	var paths []string
+	if cfg.Signing.PublicKey != "" {
+		paths = append(paths, cfg.Signing.PublicKey)
+	}
+	paths = append(paths, cfg.Signing.PublicKeys...)
+	var t *signing.TrustedKeys
+	var err error
+	if len(paths) > 0 {
+		t, err = signing.LoadTrustedKeys(paths...)
+	} else {
+		t, err = signing.ParseTrustedKeys(s.PublicKeyPEM())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading trusted signing keys: %w", err)
+	}
+	return headVerifier{t}, nil
+}
+
+// record appends an audit record as the daemon and waits until it is
+// durable.
+func (d *Daemon) record(ctx context.Context, r audit.Record) error {
+	if r.Actor == "" {
+		r.Actor = "daemon"
+	}
+	_, err := d.audit.Append(ctx, r)
+	if err != nil {
+		d.log.Error("audit record not durable", "action", r.Action, "subject", r.Subject, "err", err)
+	}
+	return err
+}
+
+// Run runs the daemon until ctx is cancelled (SIGTERM), then drains the
+// archives in flight and stops. It closes the daemon's databases on return.
+func (d *Daemon) Run(ctx context.Context) (err error) {
+	defer d.close(&err)
+	if err := d.record(ctx, audit.Record{Action: "started", Subject: d.node, Outcome: audit.OK,
+		Detail: map[string]string{"version": d.opts.Version}}); err != nil {
+		return fmt.Errorf("audit log refuses records, not starting: %w", err)
+	}
+	fps := d.recipients[""].Fingerprints()
+	if err := d.record(ctx, audit.Record{Action: "config-loaded", Subject: d.opts.ConfigPath, Outcome: audit.OK,
+		Detail: map[string]string{"store": d.store.Describe(), "checkpointsDir": d.cfg.CheckpointsDir,
+			"recipients": fmt.Sprint(fps), "namespacePolicies": strconv.Itoa(len(d.cfg.Namespaces)),
+			"signingKey": d.signer.KeyHint(), "workers": strconv.Itoa(d.cfg.Daemon.Workers)}}); err != nil {
+		return err
+	}
+	if d.cfg.Store.Insecure {
+		d.log.Warn("store.insecure is set: plain HTTP to the store is allowed — development only")
+	}
+	d.checkStore(ctx)
+	if d.storeErr != nil && errors.Is(d.storeErr, store.ErrPermanent) {
+		return fmt.Errorf("store %s is misconfigured: %w", d.store.Describe(), d.storeErr)
+	}
+	if j, ok := d.store.(store.Janitor); ok && d.storeErr == nil {
+		if n, err := j.AbortStaleUploads(ctx, 24*time.Hour); err == nil && n > 0 {
+			d.log.Info("removed debris of interrupted uploads", "count", n)
+		}
+	}
+
+	srvCtx, stopServers := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServers()
+	if err := d.serve(srvCtx); err != nil {
+		return err
+	}
+
+	if err := os.MkdirAll(d.cfg.CheckpointsDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		d.log.Warn("checkpoints directory cannot be created; waiting for it", "dir", d.cfg.CheckpointsDir, "err", err)
+	}
+	d.dir, err = os.Open(d.cfg.CheckpointsDir)
+	if err != nil {
+		return fmt.Errorf("opening checkpoints directory %s: %w", d.cfg.CheckpointsDir, err)
+	}
+	events := make(chan watch.Event, 256)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	watchErr := make(chan error, 1)
+	go func() {
+		watchErr <- watch.Run(watchCtx, watch.Options{Dir: d.cfg.CheckpointsDir, RescanInterval: d.cfg.Daemon.RescanEvery(),
+			Debounce: d.opts.Debounce, Logger: d.log}, events)
+	}()
+	d.log.Info("daemon started", "node", d.node, "checkpointsDir", d.cfg.CheckpointsDir, "store", d.store.Describe(),
+		"workers", d.cfg.Daemon.Workers, "listen", d.metricsAddr)
+	close(d.ready)
+	return d.loop(ctx, events, watchErr)
+}
+
+// loop is the scheduler: it owns the backlog and hands due names to a
+// bounded pool of workers.
+func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event, watchErr <-chan error) error {
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	type done struct {
+		it  *item
+		res result
+		err error
+	}
+	results := make(chan done)
+	work := make(chan *item)
+	var wg sync.WaitGroup
+	for range d.cfg.Daemon.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for it := range work {
+				d.m.inFlight.Inc()
+				res, err := d.process(workCtx, it)
+				d.m.inFlight.Dec()
+				results <- done{it, res, err}
+			}
+		}()
+	}
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	housekeeping := time.NewTicker(15 * time.Second)
+	defer housekeeping.Stop()
+	export := time.NewTicker(d.cfg.Audit.ExportEvery())
+	defer export.Stop()
+	running, free := 0, d.cfg.Daemon.Workers
+	var stopping <-chan time.Time
+	var runErr error
+
+	handle := func(r done) {
+		running--
+		free++
+		it := r.it
+		it.running = false
+		now := time.Now()
+		switch r.res {
+		case resDone:
+			if it.again {
+				it.again, it.due = false, now
+			} else {
+				d.mu.Lock()
+				delete(d.pending, it.name)
+				d.mu.Unlock()
+			}
+		case resPoll:
+			it.due = now.Add(d.opts.PollInterval)
+		case resBackoff:
+			it.attempts++
+			backoff := d.opts.MinBackoff << min(it.attempts-1, 16)
+			backoff = min(backoff, d.opts.MaxBackoff)
+			it.due = now.Add(backoff)
+			reason := "error"
+			var f *failure
+			if errors.As(r.err, &f) {
+				reason = f.reason
+			}
+			d.m.failures.WithLabelValues(reason).Inc()
+			if it.lastReason != reason {
+				it.lastReason = reason
+				d.record(workCtx, audit.Record{Action: "failed", Subject: it.name, Outcome: audit.Error,
+					Detail: map[string]string{"reason": reason, "error": errString(r.err), "retry": backoff.String()}})
+			}
+			d.log.Warn("vaulting failed; archive stays local, will retry", "file", it.name, "reason", reason,
+				"attempt", it.attempts, "retryIn", backoff, "err", r.err)
+		}
+	}
+
+	for {
+		select {
+		case ev := <-events:
+			if stopping == nil {
+				d.enqueue(ev.Name, ev.Kind)
+			}
+		case r := <-results:
+			handle(r)
+		case err := <-watchErr:
+			if err != nil && stopping == nil {
+				runErr = fmt.Errorf("watching %s: %w", d.cfg.CheckpointsDir, err)
+				stopping = time.After(d.opts.DrainTimeout)
+			}
+			watchErr = nil
+		case <-tick.C:
+			if stopping == nil {
+				free, running = d.dispatch(work, free, running)
+			}
+			d.gauges()
+		case <-housekeeping.C:
+			d.checkStore(workCtx)
+			d.logBacklog()
+		case <-export.C:
+			go d.exportAudit(workCtx)
+		case <-ctx.Done():
+			if stopping == nil {
+				d.log.Info("stopping: draining archives in flight", "inFlight", running)
+				stopping = time.After(d.opts.DrainTimeout)
+				ctx = context.Background() // stop selecting on Done
+			}
+		case <-stopping:
+			d.log.Warn("drain timeout: abandoning archives in flight; they resume at the next start", "inFlight", running)
+			cancelWork()
+			stopping = make(chan time.Time) // never fires again
+		}
+		if stopping != nil && running == 0 {
+			close(work)
+			wg.Wait()
+			return runErr
+		}
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// enqueue adds name to the backlog (or brings it forward).
+func (d *Daemon) enqueue(name string, kind watch.Kind) {
+	if kind == watch.Pinned {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	it, ok := d.pending[name]
+	if !ok {
+		d.pending[name] = &item{name: name, first: now, due: now}
+		return
+	}
+	if it.running {
+		it.again = true
+		return
+	}
+	if it.attempts == 0 && it.due.After(now) {
+		it.due = now // a fresh event beats a poll; not a backoff
+	}
+}
+
+// dispatch hands due items, oldest first, to free workers.
+func (d *Daemon) dispatch(work chan<- *item, free, running int) (int, int) {
+	if free == 0 {
+		return free, running
+	}
+	now := time.Now()
+	d.mu.Lock()
+	var due []*item
+	for _, it := range d.pending {
+		if !it.running && !it.due.After(now) {
+			due = append(due, it)
+		}
+	}
+	d.mu.Unlock()
+	sort.Slice(due, func(i, j int) bool { return due[i].first.Before(due[j].first) })
+	for _, it := range due {
+		if free == 0 {
+			break
+		}
+		it.running = true
+		work <- it // a free worker is waiting
+		free--
+		running++
+	}
+	return free, running
+}
+
+func (d *Daemon) gauges() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.m.queueDepth.Set(float64(len(d.pending)))
+	var oldest time.Time
+	for _, it := range d.pending {
+		if oldest.IsZero() || it.first.Before(oldest) {
+			oldest = it.first
+		}
+	}
+	if oldest.IsZero() {
+		d.m.oldestPending.Set(0)
+	} else {
+		d.m.oldestPending.Set(time.Since(oldest).Seconds())
+	}
+}
+
+func (d *Daemon) logBacklog() {
+	d.mu.Lock()
+	n := len(d.pending)
+	var oldest time.Time
+	for _, it := range d.pending {
+		if it.attempts > 0 && (oldest.IsZero() || it.first.Before(oldest)) {
+			oldest = it.first
+		}
+	}
+	d.mu.Unlock()
+	if !oldest.IsZero() {
+		d.log.Warn("backlog: archives waiting on the local disk", "count", n, "oldestAge", time.Since(oldest).Round(time.Second).String(),
+			"storeErr", errString(d.storeError()))
+	}
+}
+
+func (d *Daemon) checkStore(ctx context.Context) {
+	var err error
+	if c, ok := d.store.(store.Checker); ok {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = c.Check(cctx)
+		cancel()
+	} else {
+		_, _, err = d.store.List(ctx, "", "", 1)
+	}
+	d.mu.Lock()
+	d.storeErr = err
+	d.mu.Unlock()
+}
+
+func (d *Daemon) storeError() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.storeErr
+}
+
+func (d *Daemon) exportAudit(ctx context.Context) {
+	if _, err := d.audit.SignHead(ctx); err != nil {
+		d.log.Warn("signing the audit head failed", "err", err)
+	}
+	res, err := d.audit.Export(ctx, d.store, audit.ExportOptions{})
+	if err != nil {
+		d.log.Warn("exporting the audit trail to the store failed; will retry", "err", err)
+		return
+	}
+	if len(res.Keys) > 0 {
+		d.log.Info("exported audit segments", "count", len(res.Keys), "through", res.Through)
+	}
+}
+
+// serve starts the metrics/health listener and the local unix socket.
+func (d *Daemon) serve(ctx context.Context) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := d.storeError(); err != nil {
+			http.Error(w, "store unreachable: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if err := d.state.Writable(); err != nil {
+			http.Error(w, "state database not writable: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	ln, err := net.Listen("tcp", d.cfg.Daemon.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on daemon.listen %s: %w (choose a free port)", d.cfg.Daemon.Listen, err)
+	}
+	d.metricsAddr = ln.Addr().String()
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(ln)
+
+	sockPath := filepath.Join(d.cfg.StateDir, auditsock.SocketName)
+	sl, err := auditsock.Listen(sockPath)
+	if err != nil {
+		hs.Close()
+		return fmt.Errorf("local socket %s: %w", sockPath, err)
+	}
+	smux := http.NewServeMux()
+	smux.Handle("/v1/audit/", auditsock.Handler(d.audit))
+	smux.HandleFunc("/v1/status", d.serveStatus)
+	ss := auditsock.NewServer(smux)
+	go ss.Serve(sl)
+	go func() {
+		<-ctx.Done()
+		hs.Close()
+		ss.Close()
+	}()
+	return nil
+}
+
+// Status is what the local socket's /v1/status returns.
+type Status struct {
+	Node        string     `json:"node"`
+	Store       string     `json:"store"`
+	StoreError  string     `json:"storeError,omitempty"`
+	Pending     int        `json:"pending"`
+	OldestAge   string     `json:"oldestPendingAge,omitempty"`
+	Archives    []Progress `json:"archives"`
+	AuditLast   uint64     `json:"auditLast"`
+	AuditSigned uint64     `json:"auditSigned"`
+}
+
+func (d *Daemon) serveStatus(w http.ResponseWriter, r *http.Request) {
+	peer, ok := auditsock.PeerFrom(r.Context())
+	if !ok || (peer.UID != 0 && peer.UID != os.Getuid()) {
+		http.Error(w, `{"error":"only root or the daemon's user may ask"}`, http.StatusForbidden)
+		return
+	}
+	st, err := d.Status()
+	if err != nil {
+		http.Error(w, `{"error":"status unavailable"}`, http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(st)
+}
+
+// Status reports the backlog and every recorded archive version.
+func (d *Daemon) Status() (*Status, error) {
+	all, err := d.state.All()
+	if err != nil {
+		return nil, err
+	}
+	st := &Status{Node: d.node, Store: d.store.Describe(), Archives: all}
+	st.AuditLast, st.AuditSigned = d.audit.Last()
+	if err := d.storeError(); err != nil {
+		st.StoreError = err.Error()
+	}
+	d.mu.Lock()
+	st.Pending = len(d.pending)
+	var oldest time.Time
+	for _, it := range d.pending {
+		if oldest.IsZero() || it.first.Before(oldest) {
+			oldest = it.first
+		}
+	}
+	d.mu.Unlock()
+	if !oldest.IsZero() {
+		st.OldestAge = time.Since(oldest).Round(time.Millisecond).String()
+	}
+	return st, nil
+}
+
+// Ready is closed once the daemon watches the directory and serves.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+
+// MetricsAddr is the address /metrics listens on (after Ready).
+func (d *Daemon) MetricsAddr() string { return d.metricsAddr }
+
+// Audit returns the daemon's audit log (for embedding: the demo prints the
+// trail from it). Valid until Run returns.
+func (d *Daemon) Audit() *audit.Log { return d.audit }
+
+// notify wakes WaitVaulted callers.
+func (d *Daemon) notify() {
+	d.mu.Lock()
+	ws := d.waiters
+	d.waiters = nil
+	d.mu.Unlock()
+	for _, w := range ws {
+		close(w)
+	}
+}
+
+// ErrRejected is returned by WaitVaulted for an archive the daemon rejected
+// or skipped.
+var ErrRejected = errors.New("archive was not vaulted")
+
+// WaitVaulted waits until the archive called name (a base name in the
+// checkpoints directory) is proven in the store — and, unless pinned,
+// shredded — and returns its progress record (Object is the base key).
+func (d *Daemon) WaitVaulted(ctx context.Context, name string) (*Progress, error) {
+	for {
+		d.mu.Lock()
+		w := make(chan struct{})
+		d.waiters = append(d.waiters, w)
+		d.mu.Unlock()
+		all, err := d.state.All()
+		if err != nil {
+			return nil, err
+		}
+		for i := range all {
+			p := &all[i]
+			if p.Name != name {
+				continue
+			}
+			switch p.Stage {
+			case StageShredded, StagePinned:
+				return p, nil
+			case StageRejected, StageSkipped:
+				return p, fmt.Errorf("%s: %w (%s: %s)", name, ErrRejected, p.Stage, p.Reason)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-w:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (d *Daemon) close(errp *error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d.record(ctx, audit.Record{Action: "stopped", Subject: d.node, Outcome: audit.OK,
+		Detail: map[string]string{"error": errString(*errp)}})
+	if d.storeError() == nil {
+		d.exportAudit(ctx)
+	}
+	err := errors.Join(d.audit.Close(), d.state.Close())
+	if d.dir != nil {
+		d.dir.Close()
+	}
+	if *errp == nil {
+		*errp = err
+	}
+}

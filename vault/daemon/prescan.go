@@ -1,0 +1,131 @@
+package daemon
+
+import (
+	"archive/tar"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/checkpoint-vault/ckvault/vault/checkpoint"
+)
+
+// Why a pre-scan: the recipients depend on the namespace and the object key
+// on the identity (namespace, pod, container, container id, checkpoint
+// time), but encryption and upload start with the first byte, and spec.dump
+// usually comes after the CRIU images (tar members are in directory-walk
+// order, and "checkpoint/" sorts before "spec.dump"). The kubelet's file name
+// cannot settle it ("<namespace>-<container>" does not split reliably).
+//
+// So, under the admission lease and before the one pass, the daemon walks the
+// tar headers with positioned reads, seeking over member contents, and reads
+// only config.dump and spec.dump (bounded by the inspector's dump limit):
+// a few KiB of an archive of gigabytes, none of it hashed, encrypted or
+// uploaded. The one pass then parses the whole stream again with the
+// checkpoint inspector, which is authoritative: if its identity differs from
+// the pre-scan's (a hostile archive with two spec.dump members, say), the
+// uploaded ciphertext is deleted and the archive is rejected.
+
+// maxPrescanMembers bounds the header walk.
+const maxPrescanMembers = 1_000_000
+
+// prescanDumpLimit bounds config.dump and spec.dump, as checkpoint.Limits'
+// default does.
+const prescanDumpLimit = 1 << 20
+
+// prescan reads the identity of the archive in r (size bytes) from its tar
+// headers and dump members. Errors wrap the checkpoint package's sentinels,
+// so admit.ReasonOf classifies them.
+func prescan(r io.ReaderAt, size int64) (*checkpoint.Info, error) {
+	sr := io.NewSectionReader(r, 0, size)
+	tr := tar.NewReader(sr)
+	var config, spec []byte
+	haveCheckpointDir := false
+	// end is where the last member's padded content ends: the end-of-archive
+	// marker must start there.
+	var end int64
+	for i := 0; ; i++ {
+		if i > maxPrescanMembers {
+			return nil, fmt.Errorf("%w: more than %d members", checkpoint.ErrTooLarge, maxPrescanMembers)
+		}
+		h, err := tr.Next()
+		if err == io.EOF {
+			// archive/tar also reports a clean EOF for a file cut at a
+			// header boundary: require the end-of-archive marker.
+			if err := checkEndMarker(r, end, size); err != nil {
+				return nil, err
+			}
+			break
+		}
+		if err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				return nil, fmt.Errorf("%w: %v", checkpoint.ErrTruncated, err)
+			}
+			return nil, fmt.Errorf("%w: %v", checkpoint.ErrNotTar, err)
+		}
+		dataStart, _ := sr.Seek(0, io.SeekCurrent)
+		end = dataStart + (h.Size+511)&^511
+		name := strings.TrimPrefix(h.Name, "./")
+		switch {
+		case name == checkpoint.ConfigDumpFile || name == checkpoint.SpecDumpFile:
+			if h.Typeflag != tar.TypeReg {
+				return nil, fmt.Errorf("%w: %s is not a regular file", checkpoint.ErrNotCheckpoint, name)
+			}
+			if h.Size > prescanDumpLimit {
+				return nil, fmt.Errorf("%w: %s is %d bytes", checkpoint.ErrTooLarge, name, h.Size)
+			}
+			if (name == checkpoint.ConfigDumpFile && config != nil) || (name == checkpoint.SpecDumpFile && spec != nil) {
+				return nil, fmt.Errorf("%w: %s appears twice", checkpoint.ErrNotCheckpoint, name)
+			}
+			b, err := io.ReadAll(tr)
+			if err != nil {
+				return nil, fmt.Errorf("%w: reading %s: %v", checkpoint.ErrTruncated, name, err)
+			}
+			if name == checkpoint.ConfigDumpFile {
+				config = b
+			} else {
+				spec = b
+			}
+		case name == checkpoint.CheckpointDir || strings.HasPrefix(name, checkpoint.CheckpointDir):
+			haveCheckpointDir = true
+		}
+	}
+	if !haveCheckpointDir || config == nil || spec == nil {
+		return nil, fmt.Errorf("%w: %s, %s and %s are required", checkpoint.ErrNotCheckpoint,
+			checkpoint.CheckpointDir, checkpoint.ConfigDumpFile, checkpoint.SpecDumpFile)
+	}
+	// Parse a miniature archive of just these members with the same parser
+	// the one pass uses, so identity rules live in one place.
+	var mini bytes.Buffer
+	tw := tar.NewWriter(&mini)
+	tw.WriteHeader(&tar.Header{Name: checkpoint.CheckpointDir, Typeflag: tar.TypeDir, Mode: 0o700})
+	for _, m := range []struct {
+		name string
+		b    []byte
+	}{{checkpoint.ConfigDumpFile, config}, {checkpoint.SpecDumpFile, spec}} {
+		tw.WriteHeader(&tar.Header{Name: m.name, Typeflag: tar.TypeReg, Mode: 0o600, Size: int64(len(m.b))})
+		tw.Write(m.b)
+	}
+	if err := tw.Close(); err != nil {
+		return nil, fmt.Errorf("pre-scan: %w", err)
+	}
+	return checkpoint.Parse(&mini, checkpoint.Limits{})
+}
+
+// checkEndMarker requires two zero blocks at pos.
+func checkEndMarker(r io.ReaderAt, pos, size int64) error {
+	if pos+1024 > size {
+		return fmt.Errorf("%w: ends at byte %d", checkpoint.ErrTruncated, size)
+	}
+	var b [1024]byte
+	if _, err := r.ReadAt(b[:], pos); err != nil {
+		return fmt.Errorf("%w: reading the end marker: %v", checkpoint.ErrTruncated, err)
+	}
+	for _, c := range b {
+		if c != 0 {
+			return fmt.Errorf("%w: no end-of-archive marker at byte %d", checkpoint.ErrNotTar, pos)
+		}
+	}
+	return nil
+}
