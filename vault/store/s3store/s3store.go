@@ -167,29 +167,44 @@ var (
 func ParseURL(raw string) (u *url.URL, bucket, prefix string, err error) {
 	u, err = url.Parse(raw)
 	if err != nil {
-		return nil, "", "", fmt.Errorf("store url: %v", err)
+		// url.Error quotes the input, which may hold a password.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, "", "", fmt.Errorf("store url is not a valid URL: %v", err)
 	}
 	if u.Scheme != "https" && u.Scheme != "http" {
-		return nil, "", "", fmt.Errorf("store url %q: scheme must be https (or file for a local store)", u.Redacted())
+		return nil, "", "", fmt.Errorf("store url: scheme %q: want https://HOST[:PORT]/BUCKET[/PREFIX] (or file:/// for a local store)", u.Scheme)
 	}
 	if u.User != nil {
-		return nil, "", "", fmt.Errorf("store url %s: credentials in the URL are not allowed; use accessKeyFile/secretKeyFile or the AWS_* environment", u.Redacted())
+		return nil, "", "", fmt.Errorf("store url %s: credentials in the URL are not allowed; use accessKeyFile/secretKeyFile or the AWS_* environment", safeURL(u))
 	}
 	if u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return nil, "", "", fmt.Errorf("store url %q: want https://HOST[:PORT]/BUCKET[/PREFIX]", u.Redacted())
+		return nil, "", "", fmt.Errorf("store url %q: want https://HOST[:PORT]/BUCKET[/PREFIX]", safeURL(u))
 	}
 	p := strings.Trim(u.Path, "/")
 	if p == "" {
-		return nil, "", "", fmt.Errorf("store url %q: no bucket; want https://HOST[:PORT]/BUCKET[/PREFIX]", u.Redacted())
+		return nil, "", "", fmt.Errorf("store url %q: no bucket; want https://HOST[:PORT]/BUCKET[/PREFIX]", safeURL(u))
 	}
 	bucket, prefix, _ = strings.Cut(p, "/")
 	if prefix != "" {
 		if err := store.ValidKey(prefix); err != nil {
-			return nil, "", "", fmt.Errorf("store url %q: bad prefix: %v", u.Redacted(), err)
+			return nil, "", "", fmt.Errorf("store url %q: bad prefix: %v", safeURL(u), err)
 		}
 		prefix += "/"
 	}
 	return u, bucket, prefix, nil
+}
+
+// safeURL renders u for an error message without anything that could be a
+// credential: user info and opaque parts are dropped.
+func safeURL(u *url.URL) string {
+	v := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}
+	if u.Opaque != "" {
+		return u.Scheme + ":..."
+	}
+	return v.String()
 }
 
 // New makes a Store. It does not contact the server: call Check for that.
