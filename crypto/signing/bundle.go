@@ -40,6 +40,11 @@ func DecodeSig(sigFile []byte) ([]byte, error) {
 	if len(s) == 0 {
 		return nil, fmt.Errorf("%w: empty signature file", ErrMalformed)
 	}
+	// encoding/base64 silently skips CR and LF inside the input; a .sig is
+	// one line, so refuse them rather than accept several encodings.
+	if bytes.ContainsAny(s, "\r\n") {
+		return nil, fmt.Errorf("%w: signature file has more than one line", ErrMalformed)
+	}
 	der := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
 	n, err := base64.StdEncoding.Strict().Decode(der, s)
 	if err != nil {
