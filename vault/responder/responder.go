@@ -136,14 +136,21 @@ func (e *WrongIdentityError) Error() string {
 	}
 	msg := fmt.Sprintf("%s: none of the given identities can decrypt it; it was sealed to %s, the identities given are for %s",
 		e.Object, strings.Join(e.SealedTo, ", "), given)
+	if e.givenIsRecipient() {
+		return msg + "; one of them is a recipient, so the age header may be damaged: run `ckvault verify`"
+	}
+	return msg + "; use the key of one of the recipients (-i FILE)"
+}
+
+func (e *WrongIdentityError) givenIsRecipient() bool {
 	for _, g := range e.Given {
 		for _, s := range e.SealedTo {
 			if g == s {
-				return msg + "; one of them is a recipient, so the age header may be damaged: run `ckvault verify`"
+				return true
 			}
 		}
 	}
-	return msg + "; use the key of one of the recipients (-i FILE)"
+	return false
 }
 
 func (e *WrongIdentityError) Unwrap() error { return errIncorrectIdentity }

@@ -271,7 +271,15 @@ func (r *Responder) decrypt(ctx context.Context, m *manifest.Manifest, ids []age
 	if err != nil {
 		var nim *age.NoIdentityMatchError
 		if errors.As(err, &nim) || errors.Is(err, age.ErrIncorrectIdentity) {
-			return &WrongIdentityError{Object: base, SealedTo: m.Recipients, Given: IdentityFingerprints(ids)}
+			wi := &WrongIdentityError{Object: base, SealedTo: m.Recipients, Given: IdentityFingerprints(ids)}
+			if wi.givenIsRecipient() {
+				// A recipient's key failed: the header is likely not the
+				// one signed. Prove it rather than blame the key.
+				if cerr := checkCiphertext(); cerr != nil {
+					return cerr
+				}
+			}
+			return wi
 		}
 		// A damaged header: say whether the object differs from what was
 		// signed, which is the more useful diagnosis.
