@@ -722,16 +722,25 @@ func (d *Daemon) WaitVaulted(ctx context.Context, name string) (*Progress, error
 		if err != nil {
 			return nil, err
 		}
+		// The newest record of the name; a shredded one only counts when
+		// the name is gone (else it is an older version of the name).
+		var last *Progress
 		for i := range all {
-			p := &all[i]
-			if p.Name != name {
-				continue
+			if all[i].Name == name && (last == nil || all[i].Updated.After(last.Updated)) {
+				last = &all[i]
 			}
-			switch p.Stage {
-			case StageShredded, StagePinned:
-				return p, nil
+		}
+		if last != nil {
+			_, statErr := os.Lstat(filepath.Join(d.cfg.CheckpointsDir, name))
+			switch last.Stage {
+			case StageShredded:
+				if statErr != nil {
+					return last, nil
+				}
+			case StagePinned:
+				return last, nil
 			case StageRejected, StageSkipped:
-				return p, fmt.Errorf("%s: %w (%s: %s)", name, ErrRejected, p.Stage, p.Reason)
+				return last, fmt.Errorf("%s: %w (%s: %s)", name, ErrRejected, last.Stage, last.Reason)
 			}
 		}
 		select {
