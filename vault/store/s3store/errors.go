@@ -74,10 +74,15 @@ func (s *Store) wrap(op, key string, err error) error {
 		return fmt.Errorf("%s: invalid bucket name %q: %w", where, s.bucket, store.ErrPermanent)
 	case "ObjectLocked":
 		return fmt.Errorf("%s: %s: %w", where, resp.Message, store.ErrLocked)
-	case "AccessDenied":
-		// MinIO and AWS report a WORM-protected version as AccessDenied.
+	case "AccessDenied", "InvalidRequest":
+		// Servers disagree on the code for a WORM-protected version: AWS
+		// and versitygw say AccessDenied, MinIO InvalidRequest ("Object
+		// is WORM protected"). The message tells.
 		if m := strings.ToLower(resp.Message); strings.Contains(m, "worm") || strings.Contains(m, "object lock") || strings.Contains(m, "retention") || strings.Contains(m, "legal hold") || strings.Contains(m, "locked") {
 			return fmt.Errorf("%s: %s: %w", where, resp.Message, store.ErrLocked)
+		}
+		if resp.Code == "InvalidRequest" {
+			break
 		}
 		return fmt.Errorf("%s: access denied (grant this identity s3:%s on bucket %q and prefix): %w", where, s3Action(op), s.bucket, store.ErrPermanent)
 	case "BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch", "InvalidChecksum", "IncompleteBody":
