@@ -29,6 +29,10 @@ Start with:  ckvault dev --demo`,
 		// Each command lives in its own file as newXxxCommand().
 		newKeygenCommand(),
 		newAuditCommand(),
+		newListCommand(),
+		newVerifyCommand(),
+		newFetchCommand(),
+		newInspectCommand(),
 	)
 	return root
 }

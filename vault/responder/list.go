@@ -44,7 +44,7 @@ type Entry struct {
 // <namespace>/<pod>/<container>/<checkpointed>-<node>-<short id>.
 type KeyParts struct {
 	Namespace, Pod, Container, Node, ShortID string
-	Checkpointed                               time.Time
+	Checkpointed                             time.Time
 }
 
 // ParseBaseKey splits a base key into its components. ok is false for a
