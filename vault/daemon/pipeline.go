@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -82,7 +84,45 @@ func (d *Daemon) process(ctx context.Context, it *item) (result, error) {
 			return d.finish(ctx, p)
 		}
 	}
+	if p == nil {
+		prev, err := d.state.interruptedShred(it.name, snap.Dev, snap.Ino)
+		if err != nil {
+			return resBackoff, &failure{"state-db", err}
+		}
+		if prev != nil && snap.Size <= prev.Size {
+			return d.resumeShred(ctx, it, prev, snap)
+		}
+	}
 	return d.vault(ctx, it, snap)
+}
+
+// resumeShred finishes a shred that a crash interrupted after the overwrite
+// had begun (which changed the file's mtime, so it no longer matches the
+// version that was proven). It is resumed only if the file is, beyond doubt,
+// our own debris: the same inode, no larger, no writer (admission's lease),
+// and its first block no longer a tar header (the overwrite starts at
+// offset 0 with random bytes). A tar header there means a runtime wrote a new
+// archive into the name: that is vaulted like any other.
+func (d *Daemon) resumeShred(ctx context.Context, it *item, prev *Progress, snap admit.Snapshot) (result, error) {
+	c, err := admit.Open(d.dir, it.name, d.owner, snap.Ino)
+	if err != nil {
+		if admit.ReasonOf(err).Transient() {
+			return resPoll, nil
+		}
+		return d.vault(ctx, it, snap)
+	}
+	var hdr [512]byte
+	n, _ := c.File.ReadAt(hdr[:], 0)
+	_, herr := tar.NewReader(bytes.NewReader(hdr[:n])).Next()
+	cur := c.Snapshot
+	c.Close()
+	if n == len(hdr) && herr == nil {
+		return d.vault(ctx, it, snap)
+	}
+	p := *prev
+	p.Mtime, p.Ctime, p.Size = cur.Mtime.UnixNano(), cur.Ctime.UnixNano(), cur.Size
+	d.log.Info("resuming a shred interrupted by a restart", "file", it.name, "object", p.Object)
+	return d.finish(ctx, &p)
 }
 
 // vault admits, seals, uploads, signs, proves and then finishes (shreds) one
