@@ -93,7 +93,7 @@ func BenchmarkUpload2GiB(b *testing.B) {
 	defer os.Remove(file)
 
 	for _, mode := range []struct{ name, threshold string }{
-		{"multipart-2x16MiB", "-1"},
+		{"multipart-2x16MiB", "0"}, // the default
 		{"single-PUT", strconv.Itoa(5 << 30)},
 	} {
 		b.Run(mode.name, func(b *testing.B) { benchUpload(b, srv, curl, file, mode.threshold) })

@@ -23,8 +23,6 @@ func newFor(t testing.TB, srv *testservers.Server, mod func(*Config)) *Store {
 		PathStyle:         "path",
 		RequireObjectLock: true,
 		BaseDelay:         10e6,
-		// Objects over one 16 MiB part exercise the multipart path.
-		MultipartThreshold: -1,
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -42,6 +40,22 @@ func TestConformance(t *testing.T) {
 			srv := testservers.Shared(t, kind)
 			storetest.Run(t, func(t *testing.T) store.Store {
 				return newFor(t, srv, nil)
+			}, storetest.Caps{Versioned: true, ObjectLock: true, LargeSize: 40<<20 + 5})
+		})
+	}
+}
+
+// TestConformanceSinglePUT runs the suite with large objects sent as one
+// streaming PUT instead of multipart.
+func TestConformanceSinglePUT(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the multipart suite covers the short run")
+	}
+	for _, kind := range testservers.Kinds {
+		t.Run(string(kind), func(t *testing.T) {
+			srv := testservers.Shared(t, kind)
+			storetest.Run(t, func(t *testing.T) store.Store {
+				return newFor(t, srv, func(c *Config) { c.MultipartThreshold = 64 << 20 })
 			}, storetest.Caps{Versioned: true, ObjectLock: true, LargeSize: 40<<20 + 5})
 		})
 	}
