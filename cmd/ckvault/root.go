@@ -28,6 +28,8 @@ Start with:  ckvault dev --demo`,
 	root.AddCommand(
 		// Each command lives in its own file as newXxxCommand().
 		newKeygenCommand(),
+		newDaemonCommand(),
+		newDevCommand(),
 		newAuditCommand(),
 		newListCommand(),
 		newVerifyCommand(),

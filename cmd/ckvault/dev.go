@@ -1,0 +1,225 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/checkpoint-vault/ckvault/policy"
+	"github.com/checkpoint-vault/ckvault/vault/daemon"
+)
+
+// devOptions are the flags of `ckvault dev`.
+type devOptions struct {
+	dir string
+}
+
+func (o *devOptions) addFlags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&o.dir, "dir", "./ckvault-dev", "directory for the keys, config, checkpoints, state and file store (created 0700)")
+}
+
+// The layout of a dev directory.
+const (
+	devConfigName = "ckvault.yaml"
+	devKeys       = "keys"
+	devCheckpts   = "checkpoints"
+	devState      = "state"
+	devStore      = "store"
+)
+
+func newDevCommand() *cobra.Command {
+	var o devOptions
+	cmd := &cobra.Command{
+		Use:   "dev [--dir DIR]",
+		Short: "Run the daemon on a local setup: fresh keys, a config and a file store under DIR",
+		Long: `dev is the embedded default: it creates, under DIR (default ./ckvault-dev),
+
+  keys/         an age key pair and a cosign-compatible signing key pair
+                (as ckvault keygen writes them)
+  ckvault.yaml  a configuration using them, a file:// store and the
+                directories below
+  checkpoints/  the directory to drop checkpoint archives into
+  store/        the local "object store" the vaulted objects land in
+  state/        the daemon's databases and its socket
+
+and runs the node daemon in the foreground (Ctrl-C stops it). A second run
+reuses everything, so archives vaulted earlier stay listable.`,
+		Example: `  ckvault dev
+  ckvault dev --dir /tmp/ckv`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			h, err := startDev(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), o.dir)
+			if err != nil {
+				return err
+			}
+			printDevHelp(cmd.OutOrStdout(), h)
+			err = <-h.Done
+			if err == nil && cmd.Context().Err() != nil {
+				fmt.Fprintln(cmd.ErrOrStderr(), "ckvault: dev daemon stopped")
+			}
+			return err
+		},
+	}
+	o.addFlags(cmd)
+	return cmd
+}
+
+// devHandle is a dev daemon running in this process. It is the hook for
+// `ckvault dev --demo`: drop an archive into Config.CheckpointsDir, then
+// Daemon.WaitVaulted(ctx, name) returns its progress (Object is the base
+// key), and ConfigPath serves the responder commands.
+type devHandle struct {
+	Dir        string
+	ConfigPath string
+	Config     *policy.Config
+	Daemon     *daemon.Daemon
+	// Done receives Run's result once the context is cancelled and the
+	// daemon has drained.
+	Done <-chan error
+}
+
+// startDev sets DIR up (idempotently) and starts the daemon on it; it
+// returns once the daemon watches the directory.
+func startDev(ctx context.Context, stdout, stderr io.Writer, dir string) (*devHandle, error) {
+	cfgPath, err := setupDev(stdout, stderr, dir)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := policy.Load(cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log, ConfigPath: cfgPath, Version: version})
+	if err != nil {
+		return nil, fmt.Errorf("dev: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	select {
+	case <-d.Ready():
+	case err := <-done:
+		return nil, fmt.Errorf("dev: %w", err)
+	}
+	return &devHandle{Dir: filepath.Dir(cfgPath), ConfigPath: cfgPath, Config: cfg, Daemon: d, Done: done}, nil
+}
+
+// setupDev creates (or reuses) the keys, config and directories of a dev
+// setup in dir and returns the config's path. Keys are made by the same
+// code as `ckvault keygen`; existing keys and config are never overwritten.
+func setupDev(stdout, stderr io.Writer, dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("dev: resolving --dir %q: %w", dir, err)
+	}
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return "", fmt.Errorf("dev: creating %s: %w", abs, err)
+	}
+	keys := filepath.Join(abs, devKeys)
+	present := 0
+	names := []string{keygenAgeKey, keygenAgePub, keygenSigningKey, keygenSigningPub}
+	for _, n := range names {
+		if _, err := os.Lstat(filepath.Join(keys, n)); err == nil {
+			present++
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("dev: checking %s: %w", filepath.Join(keys, n), err)
+		}
+	}
+	switch present {
+	case 0:
+		if err := runKeygen(stdout, stderr, keygenOptions{dir: keys}); err != nil {
+			return "", fmt.Errorf("dev: %w", err)
+		}
+	case len(names):
+		fmt.Fprintf(stdout, "Reusing the keys in %s\n", keys)
+	default:
+		return "", fmt.Errorf("dev: %s holds only some of %s; move it away so dev can make a fresh set", keys, strings.Join(names, ", "))
+	}
+	for _, sub := range []string{devCheckpts, devState, devStore} {
+		if err := os.MkdirAll(filepath.Join(abs, sub), 0o700); err != nil {
+			return "", fmt.Errorf("dev: creating %s: %w", filepath.Join(abs, sub), err)
+		}
+	}
+	cfgPath := filepath.Join(abs, devConfigName)
+	if _, err := os.Lstat(cfgPath); err == nil {
+		fmt.Fprintf(stdout, "Reusing the configuration %s\n", cfgPath)
+		return cfgPath, nil
+	}
+	host, _ := os.Hostname()
+	node := devNodeName(host)
+	// Paths are relative to the config file, so the directory can move
+	// (except the store URL, which must be absolute).
+	y := fmt.Sprintf(`# Written by "ckvault dev". Every key is documented in deploy/ckvault.example.yaml.
+node: %s
+checkpointsDir: %s
+stateDir: %s
+store:
+  url: file://%s
+recipientsFile: %s/%s
+signing:
+  key: %s/%s
+  publicKey: %s/%s
+identities: [%s/%s]
+daemon:
+  workers: 2
+  # dev runs as you, and vaults archives you own.
+  owner: "%d"
+  listen: 127.0.0.1:0
+  rescanInterval: 10s
+audit:
+  signEvery: 10
+  signInterval: 10s
+  exportInterval: 1m
+`, node, devCheckpts, devState, filepath.Join(abs, devStore), devKeys, keygenAgePub, devKeys, keygenSigningKey,
+		devKeys, keygenSigningPub, devKeys, keygenAgeKey, os.Getuid())
+	if err := writeNewFile(cfgPath, []byte(y), 0o600); err != nil {
+		return "", fmt.Errorf("dev: %w", err)
+	}
+	fmt.Fprintf(stdout, "Wrote the configuration %s\n", cfgPath)
+	return cfgPath, nil
+}
+
+// devNodeName makes a valid node name (a DNS subdomain) from the host name.
+func devNodeName(host string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(host) {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '.':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('-')
+		}
+	}
+	s := strings.Trim(b.String(), "-.")
+	if s == "" || len(s) > 63 {
+		return "dev-node"
+	}
+	return s
+}
+
+func printDevHelp(w io.Writer, h *devHandle) {
+	q := strconv.Quote
+	fmt.Fprintf(w, `
+checkpoint-vault dev daemon is running (Ctrl-C stops it).
+
+  Drop a checkpoint archive (checkpoint-<pod>_<namespace>-<container>-<time>.tar) into
+      %s
+  It is sealed, signed and stored under
+      %s
+  and then shredded. Look at the result with:
+      ckvault list --config %s
+      ckvault audit query --config %s
+      ckvault fetch ID --config %s -o out.tar
+  Metrics and health: http://%s/metrics  /healthz  /readyz
+`, h.Config.CheckpointsDir, strings.TrimPrefix(h.Config.Store.URL, "file://"), q(h.ConfigPath), q(h.ConfigPath), q(h.ConfigPath),
+		h.Daemon.MetricsAddr())
+}
