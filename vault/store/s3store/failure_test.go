@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/minio/crc64nvme"
@@ -242,7 +243,10 @@ func corruptingProxy(t *testing.T, srv *testservers.Server, corrupted *atomic.In
 			}
 			body, err := io.ReadAll(pr.In.Body)
 			if err != nil {
-				t.Errorf("proxy: %v", err)
+				// The client gave up on this request (minio-go cancels
+				// the other parts once one is rejected): forward the
+				// failure.
+				pr.Out.Body = io.NopCloser(iotest.ErrReader(err))
 				return
 			}
 			if strings.Contains(pr.In.Header.Get("Content-Encoding"), "aws-chunked") {
@@ -277,11 +281,13 @@ func corruptChunked(t *testing.T, body []byte) []byte {
 	for {
 		i := bytes.Index(rest, []byte("\r\n"))
 		if i < 0 {
-			t.Fatalf("proxy: malformed aws-chunked body")
+			t.Errorf("proxy: malformed aws-chunked body")
+			return body
 		}
 		n, err := strconv.ParseInt(string(rest[:i]), 16, 64)
 		if err != nil {
-			t.Fatalf("proxy: chunk size %q: %v", rest[:i], err)
+			t.Errorf("proxy: chunk size %q: %v", rest[:i], err)
+			return body
 		}
 		start := i + 2
 		if n == 0 {
@@ -298,7 +304,8 @@ func corruptChunked(t *testing.T, body []byte) []byte {
 	const name = "x-amz-checksum-crc64nvme:"
 	i := bytes.Index(rest, []byte(name))
 	if i < 0 {
-		t.Fatalf("proxy: no CRC64NVME trailer in %q", rest)
+		t.Errorf("proxy: no CRC64NVME trailer in %q", rest)
+		return body
 	}
 	h := crc64nvme.New()
 	h.Write(data)
