@@ -123,8 +123,16 @@ func Parse(data []byte, name, baseDir string) (*Config, error) {
 	return cfg, nil
 }
 
+// NodeEnv names the environment variable that, when set, gives the default
+// node name (a DaemonSet sets it from spec.nodeName: a pod's host name is
+// the pod's, not the node's).
+const NodeEnv = "CKVAULT_NODE"
+
 func defaults() *Config {
-	node, _ := os.Hostname()
+	node := os.Getenv(NodeEnv)
+	if node == "" {
+		node, _ = os.Hostname()
+	}
 	return &Config{
 		Node:           node,
 		CheckpointsDir: DefaultCheckpointsDir,

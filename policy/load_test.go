@@ -23,6 +23,7 @@ signing:
 `
 
 func TestDefaults(t *testing.T) {
+	t.Setenv(NodeEnv, "")
 	cfg, err := Parse([]byte(minimal), "c.yaml", "/etc/ckvault")
 	if err != nil {
 		t.Fatal(err)
@@ -334,4 +335,35 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("round trip changed the config:\n%s\n---\n%s", out, out2)
 		}
 	})
+}
+
+// TestDaemonSetConfig loads the configuration embedded in the DaemonSet's
+// ConfigMap, as the pod would see it.
+func TestDaemonSetConfig(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "deploy", "kubernetes", "daemonset.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var obj struct {
+			Kind string
+			Data map[string]string
+		}
+		if err := dec.Decode(&obj); err != nil {
+			t.Fatalf("no ConfigMap with ckvault.yaml: %v", err)
+		}
+		if obj.Kind != "ConfigMap" {
+			continue
+		}
+		t.Setenv(NodeEnv, "node-from-env")
+		cfg, err := Parse([]byte(obj.Data["ckvault.yaml"]), "configmap ckvault.yaml", "/etc/ckvault")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Node != "node-from-env" || cfg.Signing.Key != "/etc/ckvault/signing/signing.key" {
+			t.Errorf("node %q, signing key %q", cfg.Node, cfg.Signing.Key)
+		}
+		return
+	}
 }
