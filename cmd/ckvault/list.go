@@ -18,7 +18,6 @@ import (
 
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/audit/auditsock"
-	"github.com/checkpoint-vault/ckvault/crypto/signing"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/responder"
 	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
@@ -53,7 +52,7 @@ func openResponder(ctx context.Context, configPath string) (*responder.Responder
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	log, err := openResponderAudit(ctx, cfg)
+	log, err := openResponderAudit(cfg)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -70,12 +69,12 @@ func openResponder(ctx context.Context, configPath string) (*responder.Responder
 // here it holds the trail, and its socket has no endpoint to append
 // through yet, so the command refuses (audit fails closed) rather than
 // read the vault unrecorded.
-func openResponderAudit(ctx context.Context, cfg *policy.Config) (*audit.Log, error) {
-	opts := audit.Options{Node: cfg.Node}
-	if s := localSigner(ctx, cfg); s != nil {
-		opts.Signer = auditHeadSigner{s}
-	}
-	l, err := audit.Open(audit.Path(cfg.StateDir), opts)
+func openResponderAudit(cfg *policy.Config) (*audit.Log, error) {
+	// No head signer: the signing key is the daemon's (often in a KMS, or
+	// behind scrypt, whose 64 MiB would dwarf a fetch's memory). The
+	// records are hash-chained at once, and covered by a signed head the
+	// next time the daemon signs one on this node.
+	l, err := audit.Open(audit.Path(cfg.StateDir), audit.Options{Node: cfg.Node})
 	if err == nil {
 		return l, nil
 	}
@@ -84,31 +83,6 @@ func openResponderAudit(ctx context.Context, cfg *policy.Config) (*audit.Log, er
 		return nil, fmt.Errorf("%w: the daemon on this node holds the audit trail and its socket %s cannot record a responder's access yet; run this command on another machine (with its own stateDir) or stop the daemon", err, sock)
 	}
 	return nil, fmt.Errorf("opening the audit trail in %s: %w; every read of the vault is recorded there, so set stateDir to a directory you may write", cfg.StateDir, err)
-}
-
-// localSigner loads the node's signing key for signing the local trail's
-// heads when this user can read it without a prompt (a key file; KMS keys
-// are left to the daemon). A responder on a workstation normally cannot:
-// its trail is then chained but unsigned (audit verify says so).
-func localSigner(ctx context.Context, cfg *policy.Config) *signing.Signer {
-	if cfg.Signing.Key == "" || cfg.SigningKeyIsKMS() {
-		return nil
-	}
-	if f, err := os.Open(cfg.Signing.Key); err != nil {
-		return nil
-	} else {
-		f.Close()
-	}
-	pw := signing.PasswordFromEnv()
-	if cfg.Signing.PasswordFile != "" {
-		pw = signing.PasswordFromFile(cfg.Signing.PasswordFile)
-	}
-	s, err := signing.LoadSigner(ctx, cfg.Signing.Key, pw)
-	if err != nil {
-		slog.Debug("audit heads stay unsigned: cannot load the signing key", "key", cfg.Signing.Key, "err", err)
-		return nil
-	}
-	return s
 }
 
 // localActor names the person running the command: uid, user name and

@@ -77,7 +77,7 @@ func (r *Responder) Fetch(ctx context.Context, id, out string, opts FetchOptions
 		if err := tmp.Chmod(0o600); err != nil {
 			return nil, &sinkError{fmt.Errorf("restricting %s to 0600: %w", tmp.Name(), err)}
 		}
-		if err := r.decrypt(ctx, m, opts.Identities, tmp, progressFunc(opts.Progress, m.Ciphertext.Size)); err != nil {
+		if err := r.decrypt(ctx, m, opts.Identities, newWritebackFile(tmp), progressFunc(opts.Progress, m.Ciphertext.Size)); err != nil {
 			return nil, err
 		}
 		if err := tmp.Sync(); err != nil {

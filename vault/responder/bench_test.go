@@ -1,0 +1,38 @@
+package responder
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"filippo.io/age"
+
+	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/testservers"
+	"github.com/checkpoint-vault/ckvault/internal/testvault"
+)
+
+// BenchmarkFetch measures in-process fetch + verify + decrypt of a 256 MiB
+// checkpoint from the local MinIO over TLS into a file, for profiling
+// (the end-to-end comparison with curl + age is BenchmarkFetch1GiB in
+// cmd/ckvault).
+func BenchmarkFetch(b *testing.B) {
+	e := newEnv(b, string(testservers.MinIO))
+	p := filepath.Join(b.TempDir(), testarchive.Filename(testarchive.Options{}))
+	if err := testarchive.WriteFile(p, testarchive.Options{MemoryBytes: 256 << 20}); err != nil {
+		b.Fatal(err)
+	}
+	m, _, err := testvault.Put(context.Background(), e.st, e.keys, p, "node-a")
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := filepath.Join(b.TempDir(), "out.tar")
+	b.SetBytes(m.Plaintext.Size)
+	for b.Loop() {
+		if _, err := e.r.Fetch(context.Background(), m.Object, out, FetchOptions{Identities: []age.Identity{e.keys.Identity}, Force: true}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	os.Remove(out)
+}
