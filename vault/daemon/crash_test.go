@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,6 +26,9 @@ import (
 const childEnv = "CKVAULT_TEST_DAEMON_CONFIG"
 
 func runChild(cfgPath string) int {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(DefaultMemoryLimit) // as cmd/ckvault does
+	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg, err := policy.Load(cfgPath)
 	if err != nil {

@@ -52,6 +52,13 @@ import (
 	"github.com/checkpoint-vault/ckvault/vault/watch"
 )
 
+// DefaultMemoryLimit is the Go soft memory limit `ckvault daemon` sets
+// unless GOMEMLIMIT is given. The pipeline's live memory is bounded and
+// independent of archive size (sealing buffers, one upload part); without a
+// limit the garbage collector lets the heap grow to twice that before
+// collecting, which shows as resident memory on the node.
+const DefaultMemoryLimit = 40 << 20
+
 // Options tune a Daemon beyond its configuration file. The zero value is
 // what `ckvault daemon` uses.
 type Options struct {
