@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
@@ -76,6 +77,9 @@ func runDaemon(cmd *cobra.Command, configPath string, log *slog.Logger) error {
 	cfg, err := policy.Load(configPath)
 	if err != nil {
 		return err
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(daemon.DefaultMemoryLimit)
 	}
 	ctx := cmd.Context()
 	d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log, ConfigPath: configPath, Version: version})

@@ -1,0 +1,62 @@
+package daemon
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/vault/admit"
+	"github.com/checkpoint-vault/ckvault/vault/checkpoint"
+)
+
+func TestPrescan(t *testing.T) {
+	good := func(o testarchive.Options) []byte { return archiveBytes(t, o) }
+	crio := good(testarchive.Options{Namespace: "ns-a", Pod: "p", Container: "c-1"})
+	for _, tt := range []struct {
+		name   string
+		b      []byte
+		reason admit.Reason
+	}{
+		{"crio", crio, ""},
+		{"containerd dot-slash", good(testarchive.Options{Engine: testarchive.Containerd, DotSlash: true, Namespace: "ns-a", Pod: "p", Container: "c-1"}), ""},
+		{"empty", nil, admit.ReasonTruncated},
+		{"text", bytes.Repeat([]byte("hello "), 400), admit.ReasonNotACheckpoint},
+		{"cut mid-member", crio[:len(crio)-3000], admit.ReasonTruncated},
+		{"no end marker", crio[:len(crio)-1024], admit.ReasonTruncated},
+		{"no config.dump", good(testarchive.Options{Omit: []string{"config.dump"}}), admit.ReasonNotACheckpoint},
+		{"no checkpoint dir", good(testarchive.Options{Omit: []string{"checkpoint/"}}), admit.ReasonNotACheckpoint},
+		{"bad spec", good(testarchive.Options{Override: map[string][]byte{"spec.dump": []byte("{")}}), admit.ReasonNotACheckpoint},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			info, err := prescan(bytes.NewReader(tt.b), int64(len(tt.b)))
+			if got := admit.ReasonOf(err); got != tt.reason {
+				t.Fatalf("reason %q (%v), want %q", got, err, tt.reason)
+			}
+			if err == nil && (info.Identity != checkpoint.Identity{Namespace: "ns-a", Pod: "p", Container: "c-1"}) {
+				t.Fatalf("identity %v", info.Identity)
+			}
+		})
+	}
+}
+
+// FuzzPrescan: the pre-scan must never panic, and must accept — with the
+// same identity — every archive the full one-pass parser accepts (else a
+// valid checkpoint could never be vaulted, or be encrypted to the wrong
+// namespace's recipients).
+func FuzzPrescan(f *testing.F) {
+	f.Add(archiveBytes(f, testarchive.Options{}))
+	f.Add(archiveBytes(f, testarchive.Options{Engine: testarchive.Containerd, DotSlash: true, MemoryBytes: 1024}))
+	f.Add([]byte("not a tar"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pre, perr := prescan(bytes.NewReader(b), int64(len(b)))
+		full, ferr := checkpoint.Parse(bytes.NewReader(b), checkpoint.Limits{})
+		if ferr == nil {
+			if perr != nil {
+				t.Fatalf("full parser accepts, pre-scan rejects: %v", perr)
+			}
+			if pre.Identity != full.Identity || pre.ContainerID != full.ContainerID || !pre.Checkpointed.Equal(full.Checkpointed) {
+				t.Fatalf("pre-scan identity %v differs from the stream's %v", pre.Identity, full.Identity)
+			}
+		}
+	})
+}
