@@ -50,7 +50,7 @@ func (r *Responder) Fetch(ctx context.Context, id, out string, opts FetchOptions
 		}
 	}
 	dir := filepath.Dir(out)
-	base, err := r.Resolve(ctx, id)
+	base, err := r.resolveAudited(ctx, "fetched", id)
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +101,7 @@ func (r *Responder) Fetch(ctx context.Context, id, out string, opts FetchOptions
 // truncated or tampered checkpoint, and must discard everything it read
 // when FetchStream returns an error.
 func (r *Responder) FetchStream(ctx context.Context, id string, w io.Writer, opts FetchOptions) (*manifest.Manifest, error) {
-	base, err := r.Resolve(ctx, id)
+	base, err := r.resolveAudited(ctx, "fetched", id)
 	if err != nil {
 		return nil, err
 	}

@@ -41,7 +41,7 @@ type InspectOptions struct {
 // a failure refuses the result unless opts.AllowUnverified. It is recorded
 // in the audit trail.
 func (r *Responder) Inspect(ctx context.Context, id string, opts InspectOptions) (*Inspection, error) {
-	base, err := r.Resolve(ctx, id)
+	base, err := r.resolveAudited(ctx, "inspected", id)
 	if err != nil {
 		return nil, err
 	}

@@ -302,6 +302,17 @@ func (r *Responder) Resolve(ctx context.Context, id string) (string, error) {
 	return "", &AmbiguousError{ID: id, Candidates: cand}
 }
 
+// resolveAudited is Resolve for an operation that will read the vault:
+// a request for an id that does not resolve (unknown, ambiguous) is
+// recorded as well, with the id as given as its subject.
+func (r *Responder) resolveAudited(ctx context.Context, action, id string) (string, error) {
+	base, err := r.Resolve(ctx, id)
+	if err == nil {
+		return base, nil
+	}
+	return "", r.audited(ctx, action, clip(fmt.Sprintf("id:%q", id)), nil, func(context.Context) (map[string]string, error) { return nil, err }, nil)
+}
+
 // readSmall reads a small object whole, refusing more than max bytes.
 func (r *Responder) readSmall(ctx context.Context, key string, max int64) ([]byte, error) {
 	o, err := r.Store.Open(ctx, key)

@@ -29,7 +29,7 @@ type Report struct {
 // SHA-256 and size while it streams through. A failed check is a
 // *CheckError. It is recorded in the audit trail.
 func (r *Responder) Verify(ctx context.Context, id string) (*Report, error) {
-	base, err := r.Resolve(ctx, id)
+	base, err := r.resolveAudited(ctx, "verified", id)
 	if err != nil {
 		return nil, err
 	}
