@@ -448,3 +448,24 @@ func FuzzParseBaseKey(f *testing.F) {
 		}
 	})
 }
+
+// TestInspectUnverified shows a damaged checkpoint only when asked, and
+// marks it.
+func TestInspectUnverified(t *testing.T) {
+	e := newEnv(t, "file")
+	_, m := e.vault(t, testarchive.Options{MemoryBytes: 512 << 10})
+	b, _ := testvault.GetBytes(t.Context(), e.st, m.Objects().Ciphertext)
+	b[len(b)-100] ^= 1 // in the last chunk: the archive itself parses
+	testvault.PutBytes(t.Context(), e.st, m.Objects().Ciphertext, b)
+	ids := FetchOptions{Identities: []age.Identity{e.keys.Identity}}
+	if _, err := e.r.Inspect(t.Context(), idOf(m.Object), InspectOptions{FetchOptions: ids}); checkName(err) != CheckCiphertext {
+		t.Fatalf("inspect of a damaged object: %v", err)
+	}
+	ins, err := e.r.Inspect(t.Context(), idOf(m.Object), InspectOptions{FetchOptions: ids, AllowUnverified: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ins.Verified || checkName(ins.Problem) != CheckCiphertext {
+		t.Errorf("verified %v, problem %v; want false and a ciphertext digest failure", ins.Verified, ins.Problem)
+	}
+}
