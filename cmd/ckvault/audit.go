@@ -329,7 +329,7 @@ func openNodeLog(ctx context.Context, cfg *policy.Config) (nodeLog, func(), erro
 	}
 	var v audit.HeadVerifier
 	if tk, err := trustedKeys(cfg); err == nil {
-		v = tk
+		v = tk.DER()
 	} else {
 		v = missingVerifier{err}
 	}
@@ -363,22 +363,13 @@ func readStoreTrail(ctx context.Context, cfg *policy.Config) (*audit.StoreTrail,
 	if err != nil {
 		return nil, err
 	}
-	return audit.ReadStore(ctx, st, tk)
+	return audit.ReadStore(ctx, st, tk.DER())
 }
 
-// AuditHeadSigner adapts the node's signer to audit.HeadSigner for the
-// daemon: heads keep the ".sig" form (base64 DER) that
-// signing.TrustedKeys.VerifyDigest reads.
-type auditHeadSigner struct{ s *signing.Signer }
-
-func (a auditHeadSigner) SignDigest(ctx context.Context, d [32]byte) ([]byte, error) {
-	der, err := a.s.SignDigest(ctx, d)
-	if err != nil {
-		return nil, err
-	}
-	return signing.EncodeSig(der), nil
-}
-
-func (a auditHeadSigner) KeyHint() string { return a.s.KeyHint() }
-
-var _ audit.HeadSigner = auditHeadSigner{}
+// Signed heads carry raw DER signatures: the daemon's *signing.Signer is
+// the log's HeadSigner as it is, and every reader here verifies heads with
+// TrustedKeys.DER(), as the daemon does.
+var (
+	_ audit.HeadSigner   = (*signing.Signer)(nil)
+	_ audit.HeadVerifier = signing.DERVerifier{}
+)

@@ -19,17 +19,15 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/checkpoint-vault/ckvault/audit"
-	"github.com/checkpoint-vault/ckvault/crypto/signing"
 	"github.com/checkpoint-vault/ckvault/vault/store/filestore"
 )
 
-// pemSigner signs heads the way auditHeadSigner does (.sig form), with a
-// plain in-memory key.
+// pemSigner signs heads the way the daemon's *signing.Signer does (raw
+// DER), with a plain in-memory key.
 type pemSigner struct{ k *ecdsa.PrivateKey }
 
 func (s pemSigner) SignDigest(_ context.Context, d [32]byte) ([]byte, error) {
-	der, err := ecdsa.SignASN1(rand.Reader, s.k, d[:])
-	return signing.EncodeSig(der), err
+	return ecdsa.SignASN1(rand.Reader, s.k, d[:])
 }
 func (s pemSigner) KeyHint() string { return "test" }
 

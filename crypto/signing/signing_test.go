@@ -431,3 +431,66 @@ func writeFile2(t *testing.T, b []byte) string {
 	}
 	return p
 }
+
+// TestVerifyDigestDER checks the raw-DER form against the .sig form: the
+// same signature verifies both ways, under the same key, and the raw form
+// refuses what the .sig form refuses.
+func TestVerifyDigestDER(t *testing.T) {
+	ctx := context.Background()
+	keyPath, pubPath := newTestKey(t, t.TempDir(), "")
+	s, err := LoadSigner(ctx, keyPath, staticPassword(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, otherPub := newTestKey(t, t.TempDir(), "")
+	trusted, err := LoadTrustedKeys(pubPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	untrusted, err := LoadTrustedKeys(otherPub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("audit head"))
+	der, err := s.SignDigest(ctx, digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, err := trusted.VerifyDigest(digest, EncodeSig(der)); err != nil || h != s.KeyHint() {
+		t.Fatalf("VerifyDigest(.sig) = %q, %v", h, err)
+	}
+	other := sha256.Sum256([]byte("another head"))
+	for _, tc := range []struct {
+		name   string
+		keys   *TrustedKeys
+		digest [32]byte
+		sig    []byte
+		want   error // nil: verifies with s's hint
+	}{
+		{"good", trusted, digest, der, nil},
+		{"flipped byte", trusted, digest, flip(der, len(der)-1), ErrBadSignature},
+		{"other digest", trusted, other, der, ErrBadSignature},
+		{"untrusted key", untrusted, digest, der, ErrBadSignature},
+		{".sig text given as DER", trusted, digest, EncodeSig(der), ErrBadSignature},
+		{"empty", trusted, digest, nil, ErrMalformed},
+	} {
+		for _, form := range []struct {
+			name   string
+			verify func([32]byte, []byte) (string, error)
+		}{
+			{"VerifyDigestDER", tc.keys.VerifyDigestDER},
+			{"DER().VerifyDigest", tc.keys.DER().VerifyDigest},
+		} {
+			h, err := form.verify(tc.digest, tc.sig)
+			switch {
+			case tc.want == nil && (err != nil || h != s.KeyHint()):
+				t.Errorf("%s: %s = %q, %v; want hint %q", tc.name, form.name, h, err, s.KeyHint())
+			case tc.want != nil && !errors.Is(err, tc.want):
+				t.Errorf("%s: %s = %q, %v; want %v", tc.name, form.name, h, err, tc.want)
+			}
+		}
+	}
+	if _, err := (DERVerifier{}).VerifyDigest(digest, der); err == nil {
+		t.Error("a zero DERVerifier verified a signature")
+	}
+}

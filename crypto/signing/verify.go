@@ -137,6 +137,38 @@ func (t *TrustedKeys) VerifyDigest(digest [32]byte, sigFile []byte) (hint string
 	return "", fmt.Errorf("%w: the signature does not verify under any of the %d trusted keys (damaged, over other data, or made by an untrusted key)", ErrBadSignature, len(t.keys))
 }
 
+// VerifyDigestDER is VerifyDigest for a raw ASN.1 DER signature, the form
+// Signer.SignDigest returns, instead of the base64 text of a ".sig" file.
+func (t *TrustedKeys) VerifyDigestDER(digest [32]byte, der []byte) (hint string, err error) {
+	if len(der) == 0 {
+		return "", fmt.Errorf("%w: empty signature", ErrMalformed)
+	}
+	if h := t.verifyAny(digest[:], der); h != "" {
+		return h, nil
+	}
+	return "", fmt.Errorf("%w: the signature does not verify under any of the %d trusted keys (damaged, over other data, or made by an untrusted key)", ErrBadSignature, len(t.keys))
+}
+
+// DERVerifier is a TrustedKeys whose VerifyDigest takes raw DER signatures
+// (VerifyDigestDER). Its method set is that of audit.HeadVerifier: the audit
+// log's signed heads carry the raw DER that a *Signer, used as the log's
+// audit.HeadSigner, makes. Every reader of the trail (the daemon, `ckvault
+// audit verify`, the store reader) verifies heads through it, so that they
+// agree on the form; this package need not import audit for that.
+type DERVerifier struct{ keys *TrustedKeys }
+
+// DER returns t as a DERVerifier.
+func (t *TrustedKeys) DER() DERVerifier { return DERVerifier{t} }
+
+// VerifyDigest returns the hint of the trusted key that made the DER
+// signature sig over digest (see VerifyDigestDER).
+func (v DERVerifier) VerifyDigest(digest [32]byte, sig []byte) (hint string, err error) {
+	if v.keys == nil {
+		return "", errors.New("no trusted keys to verify the signature with: set signing.publicKey in the config")
+	}
+	return v.keys.VerifyDigestDER(digest, sig)
+}
+
 // VerifyBundle checks a ".sigstore.json" bundle against the SHA-256 digest
 // the caller computed from the artifact, in this order: the bundle parses
 // strictly (ErrMalformed); its messageDigest equals digest

@@ -261,14 +261,6 @@ func (d *Daemon) recipientsFor(ns string) (*envelope.RecipientSet, bool, error) 
 	return d.recipients[""], false, nil
 }
 
-// headVerifier adapts TrustedKeys (which reads .sig files) to the audit
-// log's raw DER head signatures.
-type headVerifier struct{ t *signing.TrustedKeys }
-
-func (h headVerifier) VerifyDigest(digest [32]byte, sig []byte) (string, error) {
-	return h.t.VerifyDigest(digest, signing.EncodeSig(sig))
-}
-
 func trustedKeys(cfg *policy.Config, s *signing.Signer) (audit.HeadVerifier, error) {
 	var paths []string
 	if cfg.Signing.PublicKey != "" {
@@ -285,7 +277,8 @@ func trustedKeys(cfg *policy.Config, s *signing.Signer) (audit.HeadVerifier, err
 	if err != nil {
 		return nil, fmt.Errorf("loading trusted signing keys: %w", err)
 	}
-	return headVerifier{t}, nil
+	// Heads carry the raw DER signatures d.signer makes.
+	return t.DER(), nil
 }
 
 // record appends an audit record as the daemon and waits until it is
