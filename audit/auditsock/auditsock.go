@@ -22,8 +22,37 @@
 //
 //	POST /v1/audit/query   body audit.Filter  -> audit.Page
 //	POST /v1/audit/verify  empty body          -> audit.Report
+//	POST /v1/audit/append  body: see below     -> {"seq": N}
 //
 // Errors are {"error": "..."} with a 4xx/5xx status.
+//
+// # Appending (responder commands on a node whose daemon runs)
+//
+// `ckvault list/verify/fetch/inspect` record every access in the trail of
+// the machine they run on; where the daemon holds it, they append through
+// the socket. The body names what the client may say, and no more:
+//
+//	{"actor": "...", "action": "fetched", "subject": "...",
+//	 "namespace": "...", "pod": "...", "container": "...",
+//	 "outcome": "ok", "detail": {"k": "v"}}
+//
+// The daemon sets everything else: seq, time, node and the hashes, as for
+// any record, and the actor, which is the peer's kernel-reported "uid:N",
+// never what the client claims. The claimed actor is kept as
+// detail.clientActor and the peer's pid as detail.clientPid (informative
+// only: the uid is the identity). A body with any other field (seq, time,
+// node, hash...), a detail using those two keys, a field over
+// audit.MaxFieldLen, or more than MaxAppendBody bytes is refused (400, 413).
+//
+// Only the actions of responders (AppendActions: listed, verified, fetched,
+// inspected, denied) may be appended: a local client cannot forge the
+// daemon's pipeline records (sealed, proven, shredded...). A refused action
+// is itself recorded, as action "audit-appended", outcome denied.
+//
+// The answer's seq is sent only after the record is durable; any failure is
+// an error answer (503 when the log cannot record), so a client that did
+// not get a seq MUST treat the record as not written and not act (audit
+// fails closed). Client.Append does this and wraps audit.ErrNotRecorded.
 package auditsock
 
 import (
@@ -37,6 +66,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -135,6 +165,9 @@ func Handler(log *audit.Log) http.Handler {
 		}
 		writeJSON(w, page)
 	})
+	mux.HandleFunc("POST /v1/audit/append", func(w http.ResponseWriter, r *http.Request) {
+		serveAppend(w, r, log)
+	})
 	mux.HandleFunc("POST /v1/audit/verify", func(w http.ResponseWriter, r *http.Request) {
 		if !admit(w, r, log, "audit-verified", nil) {
 			return
@@ -171,6 +204,150 @@ func admit(w http.ResponseWriter, r *http.Request, log *audit.Log, action string
 		writeError(w, http.StatusForbidden, fmt.Errorf("uid %d may not read the audit trail: only root (or the daemon's own user) may", peer.UID))
 	}
 	return allowed
+}
+
+// MaxAppendBody bounds the body of one append. The largest record the
+// field limits allow (8 fields and 32 detail entries of audit.MaxFieldLen
+// bytes) is about 72 KiB of JSON.
+const MaxAppendBody = 128 << 10
+
+// AppendActions are the actions a client may append: what the responder
+// commands (vault/responder) record. "denied" is a responder's refusal of
+// an object that failed a check.
+var AppendActions = []string{"listed", "verified", "fetched", "inspected", "denied"}
+
+// Detail keys the daemon sets on appended records; a client may not.
+const (
+	DetailClientActor = "clientActor"
+	DetailClientPID   = "clientPid"
+)
+
+// appendRequest is the body of an append: the fields of an audit.Record a
+// client controls.
+type appendRequest struct {
+	Actor     string            `json:"actor,omitempty"`
+	Action    string            `json:"action"`
+	Subject   string            `json:"subject"`
+	Namespace string            `json:"namespace,omitempty"`
+	Pod       string            `json:"pod,omitempty"`
+	Container string            `json:"container,omitempty"`
+	Outcome   audit.Outcome     `json:"outcome"`
+	Detail    map[string]string `json:"detail,omitempty"`
+}
+
+type appendResponse struct {
+	Seq uint64 `json:"seq"`
+}
+
+func appendable(action string) bool {
+	for _, a := range AppendActions {
+		if a == action {
+			return true
+		}
+	}
+	return false
+}
+
+// check refuses a request the log would refuse, so that the client hears
+// "bad request" rather than "not recorded".
+func (q *appendRequest) check() error {
+	if q.Action == "" {
+		return errors.New("the record has no action")
+	}
+	switch q.Outcome {
+	case audit.OK, audit.Denied, audit.Error:
+	default:
+		return fmt.Errorf("outcome %q is not ok, denied or error", q.Outcome)
+	}
+	for _, f := range []struct{ name, v string }{
+		{"actor", q.Actor}, {"action", q.Action}, {"subject", q.Subject},
+		{"namespace", q.Namespace}, {"pod", q.Pod}, {"container", q.Container},
+	} {
+		if len(f.v) > audit.MaxFieldLen {
+			return fmt.Errorf("%s is %d bytes, at most %d allowed", f.name, len(f.v), audit.MaxFieldLen)
+		}
+	}
+	// Two entries are the daemon's.
+	if len(q.Detail) > audit.MaxDetailKeys-2 {
+		return fmt.Errorf("detail has %d keys, at most %d allowed", len(q.Detail), audit.MaxDetailKeys-2)
+	}
+	for k, v := range q.Detail {
+		switch {
+		case k == "":
+			return errors.New("detail has an empty key")
+		case k == DetailClientActor || k == DetailClientPID:
+			return fmt.Errorf("detail key %q is set by the daemon, not the client", k)
+		case len(k) > audit.MaxFieldLen || len(v) > audit.MaxFieldLen:
+			return fmt.Errorf("detail %.40q is over %d bytes", k, audit.MaxFieldLen)
+		}
+	}
+	return nil
+}
+
+// serveAppend appends a client's record with the peer as its actor and
+// answers its seq once it is durable.
+func serveAppend(w http.ResponseWriter, r *http.Request, log *audit.Log) {
+	peer, ok := PeerFrom(r.Context())
+	if !ok {
+		writeError(w, http.StatusForbidden, errors.New("peer credentials unknown: the daemon must serve this handler with auditsock.NewServer (ConnContext)"))
+		return
+	}
+	actor := "uid:" + strconv.Itoa(peer.UID)
+	denial := audit.Record{Actor: actor, Action: "audit-appended", Subject: "audit-log", Outcome: audit.Denied}
+	if peer.UID != 0 && peer.UID != os.Geteuid() {
+		if _, err := log.Append(r.Context(), denial); err != nil {
+			writeError(w, http.StatusServiceUnavailable, fmt.Errorf("refusing the request: %w", err))
+			return
+		}
+		writeError(w, http.StatusForbidden, fmt.Errorf("uid %d may not write to the audit trail: only root (or the daemon's own user) may", peer.UID))
+		return
+	}
+	var q appendRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxAppendBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&q); err != nil {
+		if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("append body is over %d bytes: a record holds sizes, digests and short text, never content", MaxAppendBody))
+			return
+		}
+		writeError(w, http.StatusBadRequest, fmt.Errorf("append body (only actor, action, subject, namespace, pod, container, outcome and detail may be set): %w", err))
+		return
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, errors.New("append body holds more than one record"))
+		return
+	}
+	if err := q.check(); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("append: %w", err))
+		return
+	}
+	if !appendable(q.Action) {
+		denial.Detail = map[string]string{"action": q.Action}
+		if _, err := log.Append(r.Context(), denial); err != nil {
+			writeError(w, http.StatusServiceUnavailable, fmt.Errorf("refusing the request: %w", err))
+			return
+		}
+		writeError(w, http.StatusForbidden, fmt.Errorf("action %q may not be appended through the socket; clients may append only %s", q.Action, strings.Join(AppendActions, ", ")))
+		return
+	}
+	detail := make(map[string]string, len(q.Detail)+2)
+	for k, v := range q.Detail {
+		detail[k] = v
+	}
+	if q.Actor != "" {
+		detail[DetailClientActor] = q.Actor
+	}
+	detail[DetailClientPID] = strconv.Itoa(peer.PID)
+	seq, err := log.Append(r.Context(), audit.Record{
+		Actor: actor, Action: q.Action, Subject: q.Subject,
+		Namespace: q.Namespace, Pod: q.Pod, Container: q.Container,
+		Outcome: q.Outcome, Detail: detail,
+	})
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	writeJSON(w, appendResponse{Seq: seq})
 }
 
 func filterDetail(f *audit.Filter) map[string]string {
@@ -211,19 +388,41 @@ var ErrNoDaemon = errors.New("no daemon is listening on the socket")
 
 // Client talks to a daemon's audit endpoints.
 type Client struct {
-	path string
-	hc   *http.Client
+	path   string
+	dialer *net.Dialer
+	hc     *http.Client
 }
 
 // Dial returns a client for the socket at socketPath. It connects lazily;
 // calls return an error wrapping ErrNoDaemon when no daemon listens.
 func Dial(socketPath string) *Client {
 	d := &net.Dialer{Timeout: 2 * time.Second}
-	return &Client{path: socketPath, hc: &http.Client{Transport: &http.Transport{
+	return &Client{path: socketPath, dialer: d, hc: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return d.DialContext(ctx, "unix", socketPath)
 		},
 	}}}
+}
+
+// Path is the socket the client talks to.
+func (c *Client) Path() string { return c.path }
+
+// Ping reports whether a daemon accepts connections on the socket: nil, an
+// error wrapping ErrNoDaemon when nothing listens (no socket file, or a
+// stale one), or another error (permission denied: the socket is root's).
+// It sends no request, so it leaves no record.
+func (c *Client) Ping(ctx context.Context) error {
+	conn, err := c.dialer.DialContext(ctx, "unix", c.path)
+	if err != nil {
+		return c.dialError("connect", err)
+	}
+	return conn.Close()
+}
+
+// Close releases idle connections.
+func (c *Client) Close() error {
+	c.hc.CloseIdleConnections()
+	return nil
 }
 
 // Query runs f on the daemon's log.
@@ -242,8 +441,53 @@ func (c *Client) Verify(ctx context.Context) (*audit.Report, error) {
 	return &rep, nil
 }
 
+// Append records rec in the daemon's log and returns its seq once it is
+// durable. The daemon sets Seq, Time, Node, Prev and Hash, and the actor
+// (the caller's uid); rec.Actor is kept as detail.clientActor. Only
+// AppendActions are accepted. Any error wraps audit.ErrNotRecorded: the
+// action rec describes MUST NOT happen. With it *Client is a
+// responder.Auditor.
+func (c *Client) Append(ctx context.Context, rec audit.Record) (uint64, error) {
+	q := appendRequest{
+		Actor: rec.Actor, Action: rec.Action, Subject: rec.Subject,
+		Namespace: rec.Namespace, Pod: rec.Pod, Container: rec.Container,
+		Outcome: rec.Outcome, Detail: rec.Detail,
+	}
+	var resp appendResponse
+	if err := c.call(ctx, "append", q, &resp); err != nil {
+		if se, ok := errors.AsType[*statusError](err); ok && se.code == http.StatusNotFound {
+			err = fmt.Errorf("%w; the daemon predates appends through its socket: restart it with this version of ckvault", err)
+		}
+		return 0, fmt.Errorf("%w: action %q: %w", audit.ErrNotRecorded, rec.Action, err)
+	}
+	if resp.Seq == 0 {
+		return 0, fmt.Errorf("%w: action %q: the daemon at %s answered no sequence number", audit.ErrNotRecorded, rec.Action, c.path)
+	}
+	return resp.Seq, nil
+}
+
+// statusError is a daemon's error answer.
+type statusError struct {
+	op, path, status, msg string
+	code                  int
+}
+
+func (e *statusError) Error() string {
+	return fmt.Sprintf("audit %s via %s: daemon answered %s: %s", e.op, e.path, e.status, e.msg)
+}
+
+func (c *Client) dialError(op string, err error) error {
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("audit %s via %s: %w", op, c.path, ErrNoDaemon)
+	}
+	return fmt.Errorf("audit %s via %s: %w", op, c.path, err)
+}
+
 func (c *Client) call(ctx context.Context, op string, in, out any) error {
-	body, _ := json.Marshal(in)
+	body, err := json.Marshal(in)
+	if err != nil {
+		return fmt.Errorf("audit %s: encoding the request: %w", op, err)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://ckvault/v1/audit/"+op, bytes.NewReader(body))
 	if err != nil {
 		return err
@@ -251,16 +495,13 @@ func (c *Client) call(ctx context.Context, op string, in, out any) error {
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("audit %s via %s: %w", op, c.path, ErrNoDaemon)
-		}
-		return fmt.Errorf("audit %s via %s: %w", op, c.path, err)
+		return c.dialError(op, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		var e struct{ Error string }
 		json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e)
-		return fmt.Errorf("audit %s via %s: daemon answered %s: %s", op, c.path, resp.Status, e.Error)
+		return &statusError{op: op, path: c.path, status: resp.Status, msg: e.Error, code: resp.StatusCode}
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("audit %s via %s: decoding the answer: %w", op, c.path, err)
