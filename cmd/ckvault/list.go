@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/user"
@@ -38,7 +39,8 @@ func (o *vaultOptions) addFlags(cmd *cobra.Command) {
 }
 
 // openResponder loads the configuration, opens the store, the trusted keys
-// and the local audit trail. close releases the trail; call it once.
+// and the audit trail (openResponderAudit). close releases the trail; call
+// it once.
 func openResponder(ctx context.Context, configPath string) (*responder.Responder, *policy.Config, func(), error) {
 	cfg, err := policy.Load(configPath)
 	if err != nil {
@@ -52,37 +54,56 @@ func openResponder(ctx context.Context, configPath string) (*responder.Responder
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	log, err := openResponderAudit(cfg)
+	trail, closeTrail, err := openResponderAudit(ctx, cfg)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	r := &responder.Responder{Store: st, Trusted: tk, Audit: log, Actor: localActor()}
+	r := &responder.Responder{Store: st, Trusted: tk, Audit: trail, Actor: localActor()}
 	return r, cfg, func() {
-		if err := log.Close(); err != nil {
+		if err := closeTrail(); err != nil {
 			slog.Warn("closing the audit trail", "err", err)
 		}
 	}, nil
 }
 
-// openResponderAudit opens the node's audit trail for writing. Responder
-// commands are audited on the machine they run on; when the daemon runs
-// here it holds the trail, and its socket has no endpoint to append
-// through yet, so the command refuses (audit fails closed) rather than
+var (
+	_ responder.Auditor = (*auditsock.Client)(nil)
+	_ responder.Auditor = (*audit.Log)(nil)
+)
+
+// openResponderAudit returns where this machine's audit trail takes the
+// responder's records. Responder commands are audited on the machine they
+// run on: through the daemon's socket when a daemon runs here (it holds the
+// trail, and records the caller's kernel-reported uid as the actor), or
+// else in the trail itself, opened for writing. There is no third way:
+// when neither works the command refuses (audit fails closed) rather than
 // read the vault unrecorded.
-func openResponderAudit(cfg *policy.Config) (*audit.Log, error) {
-	// No head signer: the signing key is the daemon's (often in a KMS, or
-	// behind scrypt, whose 64 MiB would dwarf a fetch's memory). The
-	// records are hash-chained at once, and covered by a signed head the
-	// next time the daemon signs one on this node.
+func openResponderAudit(ctx context.Context, cfg *policy.Config) (responder.Auditor, func() error, error) {
+	sock := filepath.Join(cfg.StateDir, auditsock.SocketName)
+	c := auditsock.Dial(sock)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err := c.Ping(pctx)
+	cancel()
+	switch {
+	case err == nil:
+		return c, c.Close, nil
+	case errors.Is(err, fs.ErrPermission):
+		return nil, nil, fmt.Errorf("%w: the daemon on this node holds the audit trail, and only root (or the daemon's user) may record a responder's access through its socket; run this command as root, or on another machine with its own stateDir", err)
+	case !errors.Is(err, auditsock.ErrNoDaemon):
+		return nil, nil, fmt.Errorf("%w: every read of the vault is recorded in this node's audit trail, which the daemon holds; check that the daemon is healthy (systemctl status ckvault, or its pod)", err)
+	}
+	// No daemon. No head signer: the signing key is the daemon's (often in
+	// a KMS, or behind scrypt, whose 64 MiB would dwarf a fetch's memory).
+	// The records are hash-chained at once, and covered by a signed head
+	// the next time the daemon signs one on this node.
 	l, err := audit.Open(audit.Path(cfg.StateDir), audit.Options{Node: cfg.Node})
 	if err == nil {
-		return l, nil
+		return l, l.Close, nil
 	}
 	if errors.Is(err, audit.ErrLocked) {
-		sock := filepath.Join(cfg.StateDir, auditsock.SocketName)
-		return nil, fmt.Errorf("%w: the daemon on this node holds the audit trail and its socket %s cannot record a responder's access yet; run this command on another machine (with its own stateDir) or stop the daemon", err, sock)
+		return nil, nil, fmt.Errorf("%w, and no daemon answers on %s: another ckvault command may be using it (retry when it ends), or the daemon is starting or hung", err, sock)
 	}
-	return nil, fmt.Errorf("opening the audit trail in %s: %w; every read of the vault is recorded there, so set stateDir to a directory you may write", cfg.StateDir, err)
+	return nil, nil, fmt.Errorf("opening the audit trail in %s: %w; every read of the vault is recorded there, so set stateDir to a directory you may write", cfg.StateDir, err)
 }
 
 // localActor names the person running the command: uid, user name and
