@@ -47,8 +47,9 @@ import (
 	"github.com/checkpoint-vault/ckvault/vault/store"
 )
 
-// Auditor records what responders do. *audit.Log implements it; so will a
-// client of the daemon's local socket once it offers an append endpoint.
+// Auditor records what responders do. *audit.Log implements it (the local
+// trail, when no daemon runs here), and so does *auditsock.Client (through
+// the daemon's local socket, which stamps the caller's uid as the actor).
 //
 // Append returns only once the record is durable; an error means the action
 // it describes must not happen.
