@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,11 +20,79 @@ import (
 	"github.com/checkpoint-vault/ckvault/internal/testarchive"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
+	"github.com/checkpoint-vault/ckvault/vault/watch"
 )
 
 // childEnv makes the test binary run a daemon instead of the tests: the
 // crash test SIGKILLs it.
 const childEnv = "CKVAULT_TEST_DAEMON_CONFIG"
+
+// crashAtEnv names the crash point (see testHookStage) at which the child
+// SIGKILLs itself, optionally with "+overwrite" or "+truncate": at
+// shredding/intent-audited the child first does part of the shred's work
+// (half the random overwrite, or all of it and the truncate), as a crash
+// inside shred.Shred would leave the file. crashLogEnv is a file the child
+// appends "point name" to before it dies, so the parent counts the hits.
+const (
+	crashAtEnv  = "CKVAULT_TEST_CRASH_AT"
+	crashLogEnv = "CKVAULT_TEST_CRASH_LOG"
+)
+
+// crashPoints is every crash point of the pipeline; pin: the archives
+// must carry a .keep pin for the point to be reached.
+var crashPoints = []struct {
+	spec string
+	pin  bool
+}{
+	{spec: "sealing"}, {spec: "sealing/admitted"}, {spec: "sealing/ciphertext-stored"}, {spec: "sealing/sealed"},
+	{spec: "sealing/objects-stored"}, {spec: "uploaded"}, {spec: "uploaded/audited"}, {spec: "uploaded/proven-audited"},
+	{spec: "proven"}, {spec: "proven/pinned-audited", pin: true}, {spec: "pinned", pin: true},
+	{spec: "shredding"}, {spec: "shredding/intent-audited"}, {spec: "shredding/intent-audited+overwrite"},
+	{spec: "shredding/intent-audited+truncate"}, {spec: "shredding/destroyed"}, {spec: "shredding/done-audited"},
+	{spec: "shredded"},
+}
+
+func installCrashHook(dir string) {
+	spec := os.Getenv(crashAtEnv)
+	if spec == "" {
+		return
+	}
+	point, damage, _ := strings.Cut(spec, "+")
+	var mu sync.Mutex
+	testHookStage = func(pt string, p *Progress) {
+		if pt != point {
+			return
+		}
+		mu.Lock() // one worker dies here; the other waits for the kill
+		path := filepath.Join(dir, p.Name)
+		switch damage {
+		case "overwrite", "truncate":
+			f, err := os.OpenFile(path, os.O_WRONLY, 0)
+			if err != nil {
+				panic(err)
+			}
+			n := p.Size
+			if damage == "overwrite" {
+				n /= 2
+			}
+			junk := make([]byte, n)
+			rand.NewChaCha8([32]byte{byte(p.Ino)}).Read(junk)
+			f.WriteAt(junk, 0)
+			if damage == "truncate" {
+				f.Truncate(0)
+			}
+			f.Sync()
+			f.Close()
+		}
+		if l, err := os.OpenFile(os.Getenv(crashLogEnv), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
+			fmt.Fprintf(l, "%s %s\n", spec, p.Name)
+			l.Sync()
+			l.Close()
+		}
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+}
 
 func runChild(cfgPath string) int {
 	if os.Getenv("GOMEMLIMIT") == "" {
@@ -35,6 +104,7 @@ func runChild(cfgPath string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	installCrashHook(cfg.CheckpointsDir)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	d, err := New(ctx, cfg, Options{Logger: log, ConfigPath: cfgPath, PollInterval: 50 * time.Millisecond,
@@ -50,10 +120,10 @@ func runChild(cfgPath string) int {
 	return 0
 }
 
-func startChild(t testing.TB, e *env) *exec.Cmd {
+func startChild(t testing.TB, e *env, env ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+e.cfgPath)
+	cmd.Env = append(append(os.Environ(), childEnv+"="+e.cfgPath), env...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	must(t, cmd.Start())
@@ -74,10 +144,46 @@ func stagesNow(t testing.TB, e *env) map[Stage]int {
 	return out
 }
 
-// TestCrashAnywhere SIGKILLs the daemon at random moments while it vaults,
-// then lets it finish: every archive ends vaulted exactly once (one object
-// set per archive, nothing else in the store), never shredded before its
-// proven record, and the audit trail verifies.
+// checkNothingEarly checks, with the daemon dead, that every archive gone
+// from the directory has a proven record before any shredded one and that
+// its progress says it was being (or was) shredded.
+func checkNothingEarly(t testing.TB, e *env, names []string, after string) {
+	t.Helper()
+	recs := trail(t, e)
+	checkOrder(t, recs)
+	present := map[string]bool{}
+	for _, n := range listTars(t, e.ckDir) {
+		present[n] = true
+	}
+	s, err := openState(e.stateDir)
+	must(t, err)
+	defer s.Close()
+	all, err := s.All()
+	must(t, err)
+	stage := map[string]Stage{}
+	for _, p := range all {
+		if p.Stage == StageShredding || p.Stage == StageShredded || stage[p.Name] == "" {
+			stage[p.Name] = p.Stage
+		}
+	}
+	for _, n := range names {
+		if present[n] {
+			continue
+		}
+		if countActions(recs, n, "proven") == 0 {
+			t.Errorf("after %s: %s destroyed without a proven record", after, n)
+		}
+		if st := stage[n]; st != StageShredding && st != StageShredded {
+			t.Errorf("after %s: %s gone from the directory in stage %q", after, n, st)
+		}
+	}
+}
+
+// TestCrashAnywhere SIGKILLs the daemon at every crash point of the
+// pipeline (testHookStage), then at random moments while it vaults, and
+// finally lets it finish: every archive ends vaulted exactly once (one
+// object set per archive, nothing else in the store), never destroyed
+// before its proven record, and the audit trail verifies.
 func TestCrashAnywhere(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash test is slow")
@@ -87,6 +193,49 @@ func TestCrashAnywhere(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	var names []string
 	seen := map[Stage]int{}
+
+	crashLog := filepath.Join(e.dir, "crashes.log")
+	hits := map[string]int{}
+	for i, cp := range crashPoints {
+		var pins []string
+		for j := range 2 {
+			o := testarchive.Options{Engine: testarchive.Engine(j), Namespace: "crash", Pod: fmt.Sprintf("point-%d-%d", i, j),
+				Container: "app", Seed: int64(1000 + i*10 + j), MemoryBytes: int64(128<<10 + rng.IntN(1<<20))}
+			p, err := testarchive.WriteDir(e.ckDir, o)
+			must(t, err)
+			names = append(names, filepath.Base(p))
+			if cp.pin {
+				pins = append(pins, p+watch.PinSuffix)
+				must(t, os.WriteFile(p+watch.PinSuffix, nil, 0o600))
+			}
+		}
+		cmd := startChild(t, e, crashAtEnv+"="+cp.spec, crashLogEnv+"="+crashLog)
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		select {
+		case <-exited:
+		case <-time.After(60 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			t.Errorf("crash point %s not reached in 60 s", cp.spec)
+		}
+		b, _ := os.ReadFile(crashLog)
+		for _, line := range strings.Split(string(b), "\n") {
+			if pt, _, ok := strings.Cut(line, " "); ok && pt == cp.spec {
+				hits[cp.spec]++
+			}
+		}
+		os.Remove(crashLog)
+		if hits[cp.spec] == 0 {
+			t.Errorf("crash point %s: the daemon did not die there", cp.spec)
+		}
+		checkNothingEarly(t, e, names, cp.spec)
+		for _, p := range pins {
+			must(t, os.Remove(p))
+		}
+	}
+	t.Logf("crash points hit: %v", hits)
+
 	for i := range iterations {
 		// Two new archives per round, of varying size.
 		for j := range 2 {
@@ -100,6 +249,7 @@ func TestCrashAnywhere(t *testing.T) {
 		time.Sleep(time.Duration(50+rng.IntN(700)) * time.Millisecond)
 		cmd.Process.Kill()
 		cmd.Wait()
+		checkNothingEarly(t, e, names, fmt.Sprintf("random kill %d", i))
 		for s, n := range stagesNow(t, e) {
 			if !s.Terminal() {
 				seen[s] += n

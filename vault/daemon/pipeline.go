@@ -199,11 +199,13 @@ func (d *Daemon) vault(ctx context.Context, it *item, snap admit.Snapshot) (resu
 	if err := d.state.Put(p); err != nil {
 		return resBackoff, &failure{"state-db", err}
 	}
+	reached("sealing", p)
 	if err := d.record(ctx, audit.Record{Action: "admitted", Subject: name, Namespace: id.Namespace, Pod: id.Pod,
 		Container: id.Container, Outcome: audit.OK, Detail: map[string]string{
 			"object": base, "size": strconv.FormatInt(snap.Size, 10), "inode": strconv.FormatUint(snap.Ino, 10)}}); err != nil {
 		return resBackoff, &failure{"audit", err}
 	}
+	reached("sealing/admitted", p)
 
 	// The one pass: admitted fd -> (inspector, SHA-256, age, SHA-256) -> Put.
 	t = time.Now()
@@ -261,6 +263,7 @@ func (d *Daemon) vault(ctx context.Context, it *item, snap admit.Snapshot) (resu
 		}
 		return resBackoff, &failure{"recheck", err}
 	}
+	reached("sealing/ciphertext-stored", p)
 	detail := map[string]string{
 		"object":           base,
 		"plaintextSHA256":  hex.EncodeToString(dig.PlaintextSHA256[:]),
@@ -285,6 +288,7 @@ func (d *Daemon) vault(ctx context.Context, it *item, snap admit.Snapshot) (resu
 	if err := d.record(ctx, rec); err != nil {
 		return resBackoff, &failure{"audit", err}
 	}
+	reached("sealing/sealed", p)
 
 	// Manifest and signatures.
 	t = time.Now()
@@ -325,18 +329,21 @@ func (d *Daemon) vault(ctx context.Context, it *item, snap admit.Snapshot) (resu
 		}
 	}
 	d.m.stage.WithLabelValues("sign_upload").Observe(time.Since(t).Seconds())
+	reached("sealing/objects-stored", p)
 	p.Stage = StageUploaded
 	p.CiphertextSize, p.ManifestSize = dig.CiphertextSize, int64(len(signed.Manifest))
 	p.PlaintextSHA256, p.CiphertextSHA256 = detail["plaintextSHA256"], detail["ciphertextSHA256"]
 	if err := d.state.Put(p); err != nil {
 		return resBackoff, &failure{"state-db", err}
 	}
+	reached("uploaded", p)
 	rec.Action = "uploaded"
 	rec.Detail = map[string]string{"object": base, "store": d.store.Describe(),
 		"checksum": ctInfo.Checksum.Algorithm + ":" + ctInfo.Checksum.Value, "versionID": ctInfo.VersionID}
 	if err := d.record(ctx, rec); err != nil {
 		return resBackoff, &failure{"audit", err}
 	}
+	reached("uploaded/audited", p)
 	if err := d.prove(ctx, p); err != nil {
 		return resBackoff, err
 	}
@@ -367,10 +374,12 @@ func (d *Daemon) prove(ctx context.Context, p *Progress) error {
 			"plaintextSHA256": p.PlaintextSHA256, "objects": "6"}}); err != nil {
 		return &failure{"audit", err}
 	}
+	reached(string(p.Stage)+"/proven-audited", p)
 	p.Stage = StageProven
 	if err := d.state.Put(p); err != nil {
 		return &failure{"state-db", err}
 	}
+	reached("proven", p)
 	d.m.vaulted.Inc()
 	d.m.vaultedBytes.Add(float64(p.Size))
 	d.m.stage.WithLabelValues("prove").Observe(time.Since(t).Seconds())
@@ -387,10 +396,12 @@ func (d *Daemon) finish(ctx context.Context, p *Progress) (result, error) {
 					"pin": p.Name + watch.PinSuffix}}); err != nil {
 				return resBackoff, &failure{"audit", err}
 			}
+			reached(string(p.Stage)+"/pinned-audited", p)
 			p.Stage = StagePinned
 			if err := d.state.Put(p); err != nil {
 				return resBackoff, &failure{"state-db", err}
 			}
+			reached("pinned", p)
 			d.notify()
 		}
 		return resDone, nil
@@ -406,14 +417,22 @@ func (d *Daemon) finish(ctx context.Context, p *Progress) (result, error) {
 	if err := d.state.Put(p); err != nil {
 		return resBackoff, &failure{"state-db", err}
 	}
+	reached("shredding", p)
 	var res shred.Result
 	err := d.audit.Do(ctx, audit.Record{Actor: "daemon", Action: "shredded", Subject: p.Name, Namespace: p.Namespace,
 		Pod: p.Pod, Container: p.Container, Outcome: audit.OK, Detail: detail},
 		func(context.Context) error {
+			reached("shredding/intent-audited", p)
 			var err error
 			res, err = shred.Shred(d.dir, p.Name, p.Snapshot(), d.cfg.Daemon.ShredPasses)
+			if err == nil {
+				reached("shredding/destroyed", p)
+			}
 			return err
 		})
+	if err == nil {
+		reached("shredding/done-audited", p)
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, shred.ErrChanged) || errors.Is(err, fs.ErrNotExist):
@@ -434,6 +453,7 @@ func (d *Daemon) finish(ctx context.Context, p *Progress) (result, error) {
 	if err := d.state.Put(p); err != nil {
 		return resBackoff, &failure{"state-db", err}
 	}
+	reached("shredded", p)
 	d.m.shredded.Inc()
 	d.m.stage.WithLabelValues("shred").Observe(time.Since(t).Seconds())
 	d.log.Info("vaulted and shredded", "file", p.Name, "object", p.Object, "size", p.Size)

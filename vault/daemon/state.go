@@ -44,6 +44,27 @@ const (
 	StageSkipped   Stage = "skipped"
 )
 
+// testHookStage, when set (by tests only; nil in production), is called
+// right after each durable step of the pipeline with the name of that
+// crash point and the archive's progress. The crash test's child daemon
+// SIGKILLs itself there, so that a restart is exercised after every step,
+// however short its window. Points are "STAGE" (the stage was just recorded
+// in the state database) or "STAGE/EVENT" (while in STAGE, EVENT is durable):
+//
+//	sealing, sealing/admitted, sealing/ciphertext-stored, sealing/sealed,
+//	sealing/objects-stored, uploaded, uploaded/audited,
+//	uploaded/proven-audited, proven, proven/pinned-audited, pinned,
+//	shredding, shredding/intent-audited, shredding/destroyed,
+//	shredding/done-audited, shredded
+var testHookStage func(point string, p *Progress)
+
+// reached calls testHookStage.
+func reached(point string, p *Progress) {
+	if testHookStage != nil {
+		testHookStage(point, p)
+	}
+}
+
 // Terminal reports whether nothing more will happen to this version.
 func (s Stage) Terminal() bool {
 	return s == StageShredded || s == StageRejected || s == StageSkipped
