@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,6 +37,8 @@ const childEnv = "CKVAULT_TEST_DAEMON_CONFIG"
 const (
 	crashAtEnv  = "CKVAULT_TEST_CRASH_AT"
 	crashLogEnv = "CKVAULT_TEST_CRASH_LOG"
+	// partSizeEnv overrides UploadTuning.PartSize (MiB) in the child.
+	partSizeEnv = "CKVAULT_TEST_PART_MIB"
 )
 
 // crashPoints is every crash point of the pipeline; pin: the archives
@@ -105,6 +108,9 @@ func runChild(cfgPath string) int {
 		return 1
 	}
 	installCrashHook(cfg.CheckpointsDir)
+	if mib, _ := strconv.Atoi(os.Getenv(partSizeEnv)); mib > 0 {
+		UploadTuning.PartSize = uint64(mib) << 20 // benchmarks compare part sizes
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	d, err := New(ctx, cfg, Options{Logger: log, ConfigPath: cfgPath, PollInterval: 50 * time.Millisecond,

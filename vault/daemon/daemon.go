@@ -176,7 +176,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (d *Daemon, err 
 	if opts.Store != nil {
 		d.store = opts.Store
 	} else {
-		st, err := storeconfig.Open(cfg.Store, d.log)
+		st, err := storeconfig.OpenTuned(cfg.Store, d.log, UploadTuning)
 		if err != nil {
 			return nil, fmt.Errorf("opening store %s: %w", cfg.Store.URL, err)
 		}

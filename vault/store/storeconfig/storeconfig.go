@@ -27,10 +27,25 @@ type Store interface {
 	store.Janitor
 }
 
+// Tuning bounds the memory of an S3 store's multipart uploads: each one
+// holds PartSize × Concurrency bytes of buffers. Zero values take
+// s3store's defaults (16 MiB × 2). A file:// store ignores it. It is a
+// property of the program, not of the policy: the node daemon, which must
+// stay small, asks for smaller parts than the CLI.
+type Tuning struct {
+	PartSize    uint64
+	Concurrency uint
+}
+
 // Open makes the store cfg describes and, when cfg.ObjectLock is set,
 // applies its retention to every Put that does not bring its own. It does
 // not contact the store; call Check for that (the daemon does at start-up).
 func Open(cfg policy.StoreConfig, log *slog.Logger) (Store, error) {
+	return OpenTuned(cfg, log, Tuning{})
+}
+
+// OpenTuned is Open with upload buffers bounded by t.
+func OpenTuned(cfg policy.StoreConfig, log *slog.Logger, t Tuning) (Store, error) {
 	var lock *store.Retention
 	if ol := cfg.ObjectLock; ol != nil {
 		mode := strings.ToLower(ol.Mode)
@@ -66,6 +81,8 @@ func Open(cfg policy.StoreConfig, log *slog.Logger) (Store, error) {
 			SecretKeyFile:     cfg.SecretKeyFile,
 			Insecure:          cfg.Insecure,
 			RequireObjectLock: lock != nil,
+			PartSize:          t.PartSize,
+			Concurrency:       t.Concurrency,
 			Logger:            log,
 		})
 		if err != nil {

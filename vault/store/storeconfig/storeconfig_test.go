@@ -56,3 +56,15 @@ func TestFileStoreWithRetention(t *testing.T) {
 		t.Errorf("Delete = %v, want ErrLocked", err)
 	}
 }
+
+// TestOpenTuned: the tuning reaches s3store (which refuses parts below S3's
+// 5 MiB minimum) and a valid one opens.
+func TestOpenTuned(t *testing.T) {
+	cfg := policy.StoreConfig{URL: "https://127.0.0.1:9/bucket"}
+	if _, err := OpenTuned(cfg, nil, Tuning{PartSize: 1 << 20}); err == nil || !strings.Contains(err.Error(), "5 MiB") {
+		t.Fatalf("1 MiB parts: got %v, want the 5 MiB minimum named", err)
+	}
+	if _, err := OpenTuned(cfg, nil, Tuning{PartSize: 8 << 20, Concurrency: 2}); err != nil {
+		t.Fatal(err)
+	}
+}
