@@ -335,5 +335,41 @@ func TestCrashAnywhere(t *testing.T) {
 	if !rep.OK() {
 		t.Fatalf("audit trail does not verify: %v", rep.Findings)
 	}
+	// No half-state survives the final run: no version still shredding,
+	// no shred debris, and every shred intent has its result.
+	sdb, err := openState(e.stateDir)
+	must(t, err)
+	defer sdb.Close()
+	vers, err := sdb.All()
+	must(t, err)
+	for _, p := range vers {
+		if !p.Stage.Terminal() {
+			t.Errorf("%s (inode %d) left in stage %s", p.Name, p.Ino, p.Stage)
+		}
+	}
+	ents, err := os.ReadDir(e.ckDir)
+	must(t, err)
+	for _, de := range ents {
+		if strings.HasPrefix(de.Name(), shredDebrisPrefix) {
+			t.Errorf("shred debris left behind: %s", de.Name())
+		}
+	}
+	intents, results := map[string]int{}, map[string]int{}
+	for _, r := range recs {
+		if r.Action != "shredded" {
+			continue
+		}
+		switch r.Detail["phase"] {
+		case "intent":
+			intents[r.Subject]++
+		case "done":
+			results[r.Subject]++
+		}
+	}
+	for n, c := range intents {
+		if results[n] < 1 {
+			t.Errorf("%s: %d shred intents and no result", n, c)
+		}
+	}
 	t.Logf("%d archives, %d audit records, %d signed heads", len(names), rep.Records, rep.Heads)
 }

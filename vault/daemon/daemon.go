@@ -335,6 +335,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("opening checkpoints directory %s: %w", d.cfg.CheckpointsDir, err)
 	}
+	if err := d.settleShreds(ctx); err != nil {
+		return fmt.Errorf("finishing interrupted shreds: %w", err)
+	}
 	events := make(chan watch.Event, 256)
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()

@@ -130,7 +130,16 @@ func (d *Daemon) resumeShred(ctx context.Context, it *item, prev *Progress, snap
 	p := *prev
 	p.Mtime, p.Ctime, p.Size = cur.Mtime.UnixNano(), cur.Ctime.UnixNano(), cur.Size
 	d.log.Info("resuming a shred interrupted by a restart", "file", it.name, "object", p.Object)
-	return d.finish(ctx, &p)
+	res, err := d.finish(ctx, &p)
+	if err == nil && p.Stage == StageShredded {
+		// The interrupted version is finished by its successor record;
+		// close it too, so no version stays in shredding.
+		prev.Stage, prev.Reason = StageShredded, "completed after restart as the overwritten version"
+		if err := d.state.Put(prev); err != nil {
+			return resBackoff, &failure{"state-db", err}
+		}
+	}
+	return res, err
 }
 
 // vault admits, seals, uploads, signs, proves and then finishes (shreds) one
