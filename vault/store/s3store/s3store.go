@@ -500,12 +500,28 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, op
 	return store.ObjectInfo{}, lastErr
 }
 
+// maxParts is S3's limit on the parts of one multipart upload.
+const maxParts = 10000
+
+// partSizeFor is the configured part size, raised (in whole MiB) when an
+// object is so large that it would otherwise need more than maxParts parts:
+// memory then grows with the object only beyond partSize × 10,000 (78 GiB
+// at 8 MiB parts), and the upload still succeeds.
+func partSizeFor(size int64, partSize uint64) uint64 {
+	if size <= 0 || uint64(size) <= partSize*maxParts {
+		return partSize
+	}
+	const mib = 1 << 20
+	need := (uint64(size) + maxParts - 1) / maxParts
+	return (need + mib - 1) / mib * mib
+}
+
 func (s *Store) putOnce(ctx context.Context, key string, r io.Reader, size int64, opts store.PutOptions) (store.ObjectInfo, error) {
 	hr := &hashingReader{r: io.LimitReader(r, size), h: crc64nvme.New()}
 	popts := minio.PutObjectOptions{
 		ContentType: opts.ContentType,
 		Checksum:    minio.ChecksumCRC64NVME,
-		PartSize:    s.partSize,
+		PartSize:    partSizeFor(size, s.partSize),
 	}
 	switch {
 	case size <= s.threshold:

@@ -71,3 +71,26 @@ func FuzzParseURL(f *testing.F) {
 		}
 	})
 }
+
+func TestPartSizeFor(t *testing.T) {
+	const mib = 1 << 20
+	for _, c := range []struct {
+		size int64
+		part uint64
+		want uint64
+	}{
+		{0, 8 * mib, 8 * mib},
+		{1 << 30, 8 * mib, 8 * mib},
+		{8 * mib * maxParts, 8 * mib, 8 * mib},
+		{8*mib*maxParts + 1, 8 * mib, 9 * mib},
+		{200 << 30, 16 * mib, 21 * mib},
+	} {
+		got := partSizeFor(c.size, c.part)
+		if got != c.want {
+			t.Errorf("partSizeFor(%d, %d) = %d, want %d", c.size, c.part, got, c.want)
+		}
+		if c.size > 0 && (uint64(c.size)+got-1)/got > maxParts {
+			t.Errorf("partSizeFor(%d, %d) = %d needs more than %d parts", c.size, c.part, got, maxParts)
+		}
+	}
+}
