@@ -9,6 +9,6 @@ grep -rl --include='*_test.go' -E '^func Fuzz[A-Za-z0-9_]+\(' . | sort | while r
   dir="./$(dirname "${file#./}")"
   grep -oE '^func Fuzz[A-Za-z0-9_]+' "$file" | sed 's/^func //' | while read -r fn; do
     echo "fuzz: $dir $fn ($time)"
-    go test -run '^$' -fuzz "^${fn}\$" -fuzztime "$time" "$dir"
+    go test -run '^$' -fuzz "^${fn}\$" -fuzztime "$time" -fuzzminimizetime 100x "$dir"
   done
 done

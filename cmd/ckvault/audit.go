@@ -212,7 +212,12 @@ func printRecords(w io.Writer, format string, recs []audit.Record) error {
 		if where == "" {
 			where = "-"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Format(time.RFC3339), r.Node, r.Actor, r.Action, r.Outcome, where, r.Subject)
+		// Log.Do writes an intent and then a result: say which is which.
+		action := r.Action
+		if r.Detail["phase"] == "intent" {
+			action += " (intent)"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Format(time.RFC3339), r.Node, r.Actor, action, r.Outcome, where, r.Subject)
 	}
 	return tw.Flush()
 }
