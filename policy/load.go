@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -70,12 +71,15 @@ func (e *Error) Error() string {
 func Load(path string) (*Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("failed to open config file: %w", err)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("config %s does not exist: pass --config with the path of your ckvault.yaml (deploy/ckvault.example.yaml documents every key; `ckvault dev` writes one)", path)
+		}
+		return nil, fmt.Errorf("opening config %s: %w", path, err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, MaxConfigSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("failed to read config file %q: %w", path, err)
+		return nil, fmt.Errorf("reading config %s: %w", path, err)
 	}
 	if len(data) > MaxConfigSize {
 		return nil, &Error{File: path, Msg: fmt.Sprintf("file is larger than %d bytes; is this the right file?", MaxConfigSize)}
