@@ -11,6 +11,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 )
@@ -67,6 +68,24 @@ type Retention struct {
 	Until time.Time
 	// LegalHold additionally places a legal hold.
 	LegalHold bool
+}
+
+// Validate reports a retention that no backend can apply: a retain-until
+// without a mode, a mode without a date, or an unknown mode.
+func (r Retention) Validate() error {
+	switch r.Mode {
+	case "":
+		if !r.Until.IsZero() {
+			return errors.New("retain-until given without a retention mode")
+		}
+	case "compliance", "governance":
+		if r.Until.IsZero() {
+			return fmt.Errorf("%s retention without a retain-until date", r.Mode)
+		}
+	default:
+		return fmt.Errorf("unknown retention mode %q (want compliance or governance)", r.Mode)
+	}
+	return nil
 }
 
 // PutOptions tune one Put.

@@ -165,22 +165,6 @@ func (s *Store) checkUnlocked(key, op string) error {
 		s.root, op, key, m.Mode, m.RetainUntil.UTC().Format(time.RFC3339), store.ErrLocked)
 }
 
-func validRetention(r store.Retention) error {
-	switch r.Mode {
-	case "":
-		if !r.Until.IsZero() {
-			return errors.New("retain-until given without a retention mode")
-		}
-	case "compliance", "governance":
-		if r.Until.IsZero() {
-			return fmt.Errorf("%s retention without a retain-until date", r.Mode)
-		}
-	default:
-		return fmt.Errorf("unknown retention mode %q (want compliance or governance)", r.Mode)
-	}
-	return nil
-}
-
 // Put writes the object whole, then proves it by re-reading it.
 func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, opts store.PutOptions) (store.ObjectInfo, error) {
 	if err := checkKey(key); err != nil {
@@ -189,7 +173,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, op
 	if size < 0 {
 		return store.ObjectInfo{}, fmt.Errorf("file store %s: put %q: negative size %d", s.root, key, size)
 	}
-	if err := validRetention(opts.Retention); err != nil {
+	if err := opts.Retention.Validate(); err != nil {
 		return store.ObjectInfo{}, fmt.Errorf("file store %s: put %q: %v", s.root, key, err)
 	}
 	if err := s.checkUnlocked(key, "overwrite"); err != nil {

@@ -418,22 +418,6 @@ func (s *Store) Check(ctx context.Context) error {
 	return nil
 }
 
-func validRetention(r store.Retention) error {
-	switch r.Mode {
-	case "":
-		if !r.Until.IsZero() {
-			return errors.New("retain-until given without a retention mode")
-		}
-	case "compliance", "governance":
-		if r.Until.IsZero() {
-			return fmt.Errorf("%s retention without a retain-until date", r.Mode)
-		}
-	default:
-		return fmt.Errorf("unknown retention mode %q (want compliance or governance)", r.Mode)
-	}
-	return nil
-}
-
 // hashingReader counts and hashes exactly what minio-go reads. It has only
 // a Read method on purpose: a ReaderAt would make minio-go read parts in
 // parallel through its own, larger, buffers.
@@ -464,7 +448,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, op
 	if size < 0 {
 		return store.ObjectInfo{}, fmt.Errorf("store %s: put %q: negative size %d: the exact size is required", s.Describe(), key, size)
 	}
-	if err := validRetention(opts.Retention); err != nil {
+	if err := opts.Retention.Validate(); err != nil {
 		return store.ObjectInfo{}, fmt.Errorf("store %s: put %q: %v", s.Describe(), key, err)
 	}
 	if err := s.checkUnlocked(ctx, key, "overwrite"); err != nil {
