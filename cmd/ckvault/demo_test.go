@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +37,11 @@ func TestDevDemo(t *testing.T) {
 			if !strings.Contains(out.String(), want) {
 				t.Errorf("run %d: output lacks %q:\n%s", run, want, out.String())
 			}
+		}
+		// Responder accesses carry the checkpoint's namespace/pod/container,
+		// so auditors find them with --namespace/--pod.
+		if !regexp.MustCompile(`fetched\s+ok\s+demo/web-7d4b9c-x2k8p/web\s`).MatchString(out.String()) {
+			t.Errorf("run %d: the fetch record lacks namespace/pod/container:\n%s", run, out.String())
 		}
 		entries, err := os.ReadDir(filepath.Join(dir, devCheckpts))
 		if err != nil {

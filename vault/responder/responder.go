@@ -185,6 +185,11 @@ func (r *Responder) audited(ctx context.Context, action, subject string, m *mani
 	rec := audit.Record{Actor: r.Actor, Action: action, Subject: subject, Outcome: audit.OK}
 	if m != nil {
 		rec.Namespace, rec.Pod, rec.Container = m.Namespace, m.Pod, m.Container
+	} else if kp, ok := ParseBaseKey(subject); ok {
+		// Before the manifest is verified, the object key names where the
+		// checkpoint claims to come from: enough for auditors to find
+		// accesses by namespace and pod (the subject is the key itself).
+		rec.Namespace, rec.Pod, rec.Container = kp.Namespace, kp.Pod, kp.Container
 	}
 	intent := rec
 	intent.Detail = map[string]string{"phase": "intent"}
