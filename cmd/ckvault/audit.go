@@ -46,7 +46,7 @@ type auditOptions struct {
 }
 
 func (o *auditOptions) addFlags(cmd *cobra.Command, formats string) {
-	cmd.Flags().StringVar(&o.config, "config", "/etc/ckvault/config.yaml", "configuration file")
+	cmd.Flags().StringVar(&o.config, "config", defaultConfigPath, "configuration file")
 	cmd.Flags().BoolVar(&o.fromStore, "from-store", false, "read the segments every node exported to the store instead of this node's log")
 	cmd.Flags().StringVarP(&o.output, "output", "o", "table", "output format: "+formats)
 }
@@ -72,7 +72,7 @@ func newAuditQueryCommand() *cobra.Command {
 Output: a table, a JSON array (-o json) or one JSON object per line (-o jsonl);
 JSON records carry seq, time, node, actor, action, subject, namespace, pod,
 container, outcome, detail, prev and hash.`,
-		Example: `  ckvault audit query --config /etc/ckvault/config.yaml --since 24h --action fetched
+		Example: `  ckvault audit query --config /etc/ckvault/ckvault.yaml --since 24h --action fetched
   ckvault audit query --config c.yaml --namespace payments --outcome denied -o json
   ckvault audit query --config c.yaml --from-store --pod api-7c9f --since 2026-03-01T00:00:00Z`,
 		Args: cobra.NoArgs,
@@ -239,7 +239,7 @@ With --from-store it verifies the segments every node exported, each against
 its own signed head and chained to the node's previous segment.
 
 Exit status 3 when anything is wrong; the first bad sequence number is named.`,
-		Example: `  ckvault audit verify --config /etc/ckvault/config.yaml
+		Example: `  ckvault audit verify --config /etc/ckvault/ckvault.yaml
   ckvault audit verify --config c.yaml --from-store -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.runVerify(cmd.Context(), cmd.OutOrStdout()) },

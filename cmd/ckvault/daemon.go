@@ -19,7 +19,7 @@ type daemonOptions struct {
 }
 
 func (o *daemonOptions) addFlags(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&o.config, "config", "", "configuration file (YAML; see deploy/ckvault.example.yaml)")
+	cmd.Flags().StringVar(&o.config, "config", defaultConfigPath, "configuration file (YAML; see deploy/ckvault.example.yaml)")
 	cmd.Flags().StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 }
 

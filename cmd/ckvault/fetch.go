@@ -55,7 +55,7 @@ consumer must discard everything it read.
 
 A progress bar (size, rate, time left) is shown on standard error when it is a
 terminal. Exit status 3 when a check fails.`,
-		Example: `  ckvault fetch 3f9c --config /etc/ckvault/config.yaml -i ~/.config/ckvault/age.key -o api.tar
+		Example: `  ckvault fetch 3f9c --config /etc/ckvault/ckvault.yaml -i ~/.config/ckvault/age.key -o api.tar
   ckvault fetch 3f9c --config c.yaml -i key.txt -o - --unverified-stream | tar -t`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -63,7 +63,7 @@ terminal. Exit status 3 when a check fails.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.config, "config", "/etc/ckvault/config.yaml", "configuration file (the store and the trusted signing keys)")
+	f.StringVar(&o.config, "config", defaultConfigPath, "configuration file (the store and the trusted signing keys)")
 	f.StringVarP(&o.output, "output", "o", "", `file to write the archive to ("-": standard output, needs --unverified-stream)`)
 	f.StringArrayVarP(&o.identities, "identity", "i", nil, "age identity file (repeatable; default: the config's identities)")
 	f.BoolVar(&o.force, "force", false, "replace OUT if it exists (only once the new archive is verified)")

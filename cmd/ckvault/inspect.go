@@ -38,7 +38,7 @@ it UNVERIFIED — for looking at a damaged object, never for trusting it.
 
 -o json prints the verified flag, the manifest and the archive's own account
 of itself. The inspection is recorded in the audit trail.`,
-		Example: `  ckvault inspect 3f9c --config /etc/ckvault/config.yaml -i ~/.config/ckvault/age.key
+		Example: `  ckvault inspect 3f9c --config /etc/ckvault/ckvault.yaml -i ~/.config/ckvault/age.key
   ckvault inspect 3f9c --config c.yaml -i key.txt -o json | jq .info.members`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -34,7 +34,7 @@ type vaultOptions struct {
 }
 
 func (o *vaultOptions) addFlags(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&o.config, "config", "/etc/ckvault/config.yaml", "configuration file (the store and the trusted signing keys)")
+	cmd.Flags().StringVar(&o.config, "config", defaultConfigPath, "configuration file (the store and the trusted signing keys)")
 	cmd.Flags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 }
 
@@ -158,7 +158,7 @@ object), archiveSize and archiveSha256 (of the decrypted archive), vaulted,
 verified and, when not verified, problem.
 
 The listing is recorded in the audit trail.`,
-		Example: `  ckvault list --config /etc/ckvault/config.yaml
+		Example: `  ckvault list --config /etc/ckvault/ckvault.yaml
   ckvault list --config c.yaml --namespace payments --since 24h -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -4,6 +4,10 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// defaultConfigPath is where every command looks for the configuration
+// when --config is not given: where deploy/ installs it.
+const defaultConfigPath = "/etc/ckvault/ckvault.yaml"
+
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 

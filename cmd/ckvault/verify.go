@@ -27,7 +27,7 @@ func newVerifyCommand() *cobra.Command {
 
 Nothing is decrypted: no identity is needed. Exit status 3 when a check fails.
 The verification is recorded in the audit trail.`,
-		Example: `  ckvault verify 3f9c --config /etc/ckvault/config.yaml`,
+		Example: `  ckvault verify 3f9c --config /etc/ckvault/ckvault.yaml`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runVerify(cmd.Context(), cmd.OutOrStdout(), &o, args[0])
