@@ -15,6 +15,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // HeadSigner signs the digest of a log head. The node's signing key (a
@@ -271,7 +272,7 @@ func OpenReadOnly(path string) (*Log, error) {
 }
 
 func openError(path string, err error) error {
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return fmt.Errorf("audit: %s: %w; while the daemon runs, it answers through its socket", path, ErrLocked)
 	}
 	return fmt.Errorf("audit: opening %s: %w", path, err)

@@ -108,7 +108,7 @@ func Parse(r io.Reader, lim Limits) (*Info, error) {
 		if len(info.Members) < lim.MaxListedMembers {
 			info.Members = append(info.Members, m)
 		}
-		regular := hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA
+		regular := hdr.Typeflag == tar.TypeReg // tar.Reader reports the old TypeRegA as TypeReg
 		switch {
 		case m.Name == CheckpointDir && hdr.Typeflag == tar.TypeDir:
 			sawCheckpoint = true
@@ -217,7 +217,7 @@ func cleanName(n string) string {
 
 func typeLetter(t byte) string {
 	switch t {
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg:
 		return "f"
 	case tar.TypeDir:
 		return "d"

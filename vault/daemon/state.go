@@ -10,6 +10,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/checkpoint-vault/ckvault/vault/admit"
 )
@@ -143,7 +144,7 @@ func openState(stateDir string) (*stateDB, error) {
 	path := filepath.Join(stateDir, StateFileName)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("opening %s: another ckvault daemon holds it; stop it first", path)
 		}
 		return nil, fmt.Errorf("opening state database %s: %w", path, err)
