@@ -376,3 +376,33 @@ func TestLockedObjectSurvives(t *testing.T) {
 		}
 	})
 }
+
+// TestOldTLSRefused: a store endpoint that offers only TLS 1.1, with a
+// certificate the client trusts, is refused — the TLS 1.2 floor holds even
+// where everything else about the connection checks out.
+func TestOldTLSRefused(t *testing.T) {
+	ca, err := testservers.NewCA(t.TempDir(), "old-tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Leaf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := httptest.NewUnstartedServer(http.NotFoundHandler())
+	old.TLS = &tls.Config{Certificates: []tls.Certificate{leaf}, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}
+	old.StartTLS()
+	defer old.Close()
+	s, err := New(Config{URL: "https://" + old.Listener.Addr().String() + "/bkt", CAFile: ca.CertFile,
+		Credentials: credentials.NewStaticV4("a", "b", "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Check(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "version") {
+		t.Errorf("Check against a TLS 1.1 endpoint = %v, want a protocol version failure", err)
+	}
+	if _, err := s.Put(context.Background(), "x", strings.NewReader("x"), 1, store.PutOptions{}); err == nil {
+		t.Error("Put over TLS 1.1 succeeded")
+	}
+}
