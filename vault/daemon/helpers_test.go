@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,28 +22,7 @@ func TestMain(m *testing.M) {
 	if cfg := os.Getenv(childEnv); cfg != "" {
 		os.Exit(runChild(cfg))
 	}
-	capFuzzMinimizing()
 	os.Exit(testservers.Main(m))
-}
-
-// capFuzzMinimizing bounds the fuzzer's minimization of each new input to
-// 100 runs unless -fuzzminimizetime is given. Go minimizes every input that
-// finds new coverage with a search quadratic in its length, and this
-// package's fuzz inputs are tar archives of several KB: under the default
-// (60 s per input) both workers spent a whole -fuzztime run minimizing (5
-// execs counted in 45 s); with 100x, ~4000 execs/s. A crasher is still
-// written; give -fuzzminimizetime=60s to minimize it further. Only the
-// coordinator reads the flag.
-func capFuzzMinimizing() {
-	flag.Parse()
-	if flag.Lookup("test.fuzz").Value.String() == "" {
-		return
-	}
-	set := false
-	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.fuzzminimizetime" })
-	if !set {
-		flag.Set("test.fuzzminimizetime", "100x")
-	}
 }
 
 // env is one test's node: keys, a config, a checkpoints directory and a
