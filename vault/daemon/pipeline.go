@@ -341,7 +341,7 @@ func (d *Daemon) vault(ctx context.Context, it *item, snap admit.Snapshot) (resu
 		{objs.ManifestBundle, "application/json", signed.ManifestSig.Bundle},
 		{objs.Manifest, "application/json", signed.Manifest},
 	} {
-		if _, err := d.store.Put(ctx, o.key, strings.NewReader(string(o.b)), int64(len(o.b)), store.PutOptions{ContentType: o.ctype}); err != nil {
+		if _, err := d.store.Put(ctx, o.key, bytes.NewReader(o.b), int64(len(o.b)), store.PutOptions{ContentType: o.ctype}); err != nil {
 			return resBackoff, &failure{"upload", fmt.Errorf("uploading %s to %s: %w", o.key, d.store.Describe(), err)}
 		}
 	}
