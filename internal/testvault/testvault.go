@@ -16,7 +16,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -126,7 +125,7 @@ func Put(ctx context.Context, st store.Store, k *Keys, path, node string) (*mani
 			ImageRef:    info.ImageRef,
 			CreatedAt:   manifest.Time{Time: info.Created.UTC()},
 		},
-		Archive:     ArchiveSummary(info),
+		Archive:     manifest.ArchiveOf(info),
 		ToolVersion: ToolVersion,
 	}
 	if info.Created.IsZero() {
@@ -197,30 +196,4 @@ func GetBytes(ctx context.Context, st store.Store, key string) ([]byte, error) {
 	}
 	defer o.Close()
 	return io.ReadAll(o)
-}
-
-// ArchiveSummary is the manifest's archive section for info, as
-// docs/FORMAT.md defines it: member count and sizes, and the members outside
-// checkpoint/ (directories excluded), sorted, at most 1024.
-func ArchiveSummary(info *checkpoint.Info) manifest.Archive {
-	a := manifest.Archive{
-		Members:         int64(info.MemberCount),
-		CheckpointSize:  info.CheckpointBytes,
-		MemoryPagesSize: info.PagesBytes,
-		RootfsDiffSize:  info.RootfsDiffBytes,
-		Files:           []manifest.File{},
-	}
-	seen := map[string]bool{}
-	for _, mem := range info.Members {
-		if mem.Type == "d" || strings.HasPrefix(mem.Name, checkpoint.CheckpointDir) || seen[mem.Name] {
-			continue
-		}
-		seen[mem.Name] = true
-		a.Files = append(a.Files, manifest.File{Name: mem.Name, Size: mem.Size})
-	}
-	sort.Slice(a.Files, func(i, j int) bool { return a.Files[i].Name < a.Files[j].Name })
-	if len(a.Files) > 1024 {
-		a.Files = a.Files[:1024]
-	}
-	return a
 }

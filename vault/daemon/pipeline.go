@@ -319,7 +319,7 @@ func (d *Daemon) vault(ctx context.Context, it *item, snap admit.Snapshot) (resu
 		Recipients:   rs.Fingerprints(),
 		Checkpoint: manifest.Checkpoint{Engine: info.Engine, Runtime: info.Runtime, ContainerID: info.ContainerID,
 			Image: info.Image, ImageRef: info.ImageRef, CreatedAt: manifest.Time{Time: info.Created}},
-		Archive:     archiveSummary(info),
+		Archive:     manifest.ArchiveOf(info),
 		ToolVersion: d.opts.Version,
 	}
 	signed, err := manifest.Sign(ctx, m, d.signer)
@@ -529,18 +529,6 @@ func (d *Daemon) noteFailure(ctx context.Context, it *item, p *Progress, reason 
 		rec.Detail["object"] = p.Object
 	}
 	d.record(ctx, rec)
-}
-
-func archiveSummary(info *checkpoint.Info) manifest.Archive {
-	a := manifest.Archive{Members: int64(info.MemberCount), CheckpointSize: info.CheckpointBytes,
-		MemoryPagesSize: info.PagesBytes, RootfsDiffSize: info.RootfsDiffBytes, Files: []manifest.File{}}
-	for _, m := range info.Members {
-		if m.Type != "f" || strings.HasPrefix(m.Name, checkpoint.CheckpointDir) {
-			continue
-		}
-		a.Files = append(a.Files, manifest.File{Name: m.Name, Size: m.Size})
-	}
-	return a
 }
 
 func manifestEngine(e string) bool {
