@@ -286,6 +286,20 @@ func flip(b []byte, i int) []byte {
 	return c
 }
 
+// flipSig flips a bit in the last byte of a .sig file's DER signature (part
+// of the s integer), so the result is still well-formed base64 and DER but no
+// longer a valid signature. Flipping a base64 character instead would, for
+// '+' or '/', make the file malformed rather than wrong.
+func flipSig(t *testing.T, sig []byte) []byte {
+	t.Helper()
+	der, err := signing.DecodeSig(sig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der[len(der)-1] ^= 0x01
+	return signing.EncodeSig(der)
+}
+
 func TestSignVerifyTamper(t *testing.T) {
 	ctx := context.Background()
 	s, trusted, _ := newSigner(t, t.TempDir())
@@ -325,7 +339,7 @@ func TestSignVerifyTamper(t *testing.T) {
 		{"good bundle", signed.Manifest, signed.ManifestSig.Bundle, key, nil},
 		{"flipped manifest byte, sig", flip(signed.Manifest, 100), signed.ManifestSig.Sig, key, signing.ErrBadSignature},
 		{"flipped manifest byte, bundle", flip(signed.Manifest, 100), signed.ManifestSig.Bundle, key, signing.ErrDigestMismatch},
-		{"flipped sig byte", signed.Manifest, flip(signed.ManifestSig.Sig, 10), key, signing.ErrBadSignature},
+		{"flipped sig byte", signed.Manifest, flipSig(t, signed.ManifestSig.Sig), key, signing.ErrBadSignature},
 		{"flipped bundle byte", signed.Manifest, flip(signed.ManifestSig.Bundle, len(signed.ManifestSig.Bundle)-20), key, nil},
 		{"ciphertext sig used for manifest", signed.Manifest, signed.CiphertextSig.Sig, key, signing.ErrBadSignature},
 		{"signed by untrusted key", byOther.Manifest, byOther.ManifestSig.Bundle, key, signing.ErrUntrustedKey},
