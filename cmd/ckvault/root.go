@@ -39,6 +39,7 @@ Start with:  ckvault dev --demo`,
 		newVerifyCommand(),
 		newFetchCommand(),
 		newInspectCommand(),
+		newRestoreCommand(),
 	)
 	return root
 }
