@@ -57,6 +57,17 @@ func Execute(ctx context.Context, st Store, opts Options, plan *Plan) (*Result, 
 		return nil, fmt.Errorf("gc: recording the run in the audit trail: %w; nothing was deleted", err)
 	}
 	res := &Result{}
+	for _, h := range plan.Abandon {
+		rec := audit.Record{Actor: opts.Actor, Action: ActionDeleted, Subject: h.Base, Outcome: audit.Error,
+			Detail: map[string]string{"phase": "abandoned", "policy": h.Policy, "reason": clip(h.Why)}}
+		rec.Namespace, rec.Pod, rec.Container = keyIdentity(h.Base)
+		if _, err := opts.Audit.Append(ctx, rec); err != nil {
+			return res, fmt.Errorf("gc: recording that the deletion of %s is abandoned: %w", h.Base, err)
+		}
+		if err := removeAll(ctx, st, IntentKey(h.Base)); err != nil {
+			return res, fmt.Errorf("gc: removing the abandoned intent of %s: %w", h.Base, err)
+		}
+	}
 	var mu sync.Mutex
 	sem := make(chan struct{}, opts.concurrency())
 	var wg sync.WaitGroup

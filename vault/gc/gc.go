@@ -215,6 +215,9 @@ type Plan struct {
 	Deferred []Held `json:"deferred"`
 	// Orphans within their grace period.
 	YoungOrphans []Held `json:"youngOrphans"`
+	// Abandon lists interrupted deletions whose checkpoint is still whole
+	// and now pinned or locked: their intent is removed, audited.
+	Abandon []Held `json:"abandon"`
 	// Unverified manifests: kept, reported.
 	Unverified []Problem `json:"unverified"`
 	// Checkpoints is the number of verified checkpoints seen; Kept the
@@ -307,7 +310,7 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 		return nil, errors.New("gc: no trusted signing keys: set signing.publicKey (GC deletes only what it can verify)")
 	}
 	now := opts.now()
-	plan := &Plan{Now: now, Delete: []Action{}, Pinned: []Held{}, Deferred: []Held{}, YoungOrphans: []Held{}, Unverified: []Problem{}}
+	plan := &Plan{Now: now, Delete: []Action{}, Pinned: []Held{}, Deferred: []Held{}, YoungOrphans: []Held{}, Abandon: []Held{}, Unverified: []Problem{}}
 
 	groups := map[string]*group{}
 	var intents []store.Version
@@ -348,6 +351,24 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 			continue
 		}
 		unfinished[in.Base] = true
+		if g := groups[in.Base]; g != nil {
+			h, _, err := locks(ctx, st, &opts, g.versions, now)
+			if err != nil {
+				return nil, err
+			}
+			if h != nil {
+				held := Held{Base: in.Base, Policy: in.Policy, Limit: LimitUnfinished, Why: h.why}
+				if mv, ok := g.latest(manifest.ObjectsFor(in.Base).Manifest); ok && !mv.DeleteMarker {
+					// Nothing was deleted yet and a pin or lock appeared:
+					// the checkpoint stays whole and the intent goes.
+					held.Why += "; the interrupted deletion is abandoned"
+					plan.Abandon = append(plan.Abandon, held)
+				} else {
+					plan.Deferred = append(plan.Deferred, held)
+				}
+				continue
+			}
+		}
 		a := Action{Base: in.Base, Policy: in.Policy, Limit: LimitUnfinished,
 			Reason: fmt.Sprintf("finishing a deletion begun %s (%s: %s)", in.Time.UTC().Format(time.RFC3339), in.Limit, in.Reason)}
 		if g := groups[in.Base]; g != nil {
@@ -494,7 +515,7 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 	}
 	sort.Slice(actions, func(i, j int) bool { return actions[i].Base < actions[j].Base })
 	plan.Delete = actions
-	for _, l := range [][]Held{plan.Pinned, plan.Deferred, plan.YoungOrphans} {
+	for _, l := range [][]Held{plan.Pinned, plan.Deferred, plan.YoungOrphans, plan.Abandon} {
 		sort.Slice(l, func(i, j int) bool { return l[i].Base < l[j].Base })
 	}
 	sort.Slice(plan.Unverified, func(i, j int) bool { return plan.Unverified[i].Base < plan.Unverified[j].Base })
