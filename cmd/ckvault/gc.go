@@ -207,4 +207,3 @@ func printGC(w io.Writer, rep *gcReport) error {
 		humanBytes(bytes), len(p.Pinned), len(p.Deferred), len(p.YoungOrphans), len(p.Unverified))
 	return err
 }
-
