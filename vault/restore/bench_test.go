@@ -15,7 +15,7 @@ import (
 
 	"filippo.io/age"
 
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testregistry"
 	"github.com/checkpoint-vault/ckvault/internal/testtools"
 	"github.com/checkpoint-vault/ckvault/vault/responder"
@@ -41,7 +41,7 @@ func BenchmarkRestore(b *testing.B) {
 		mib = v
 	}
 	craneBin := testtools.Path(b, "crane")
-	f := newFixture(b, testarchive.Options{Engine: testarchive.CRIO, MemoryBytes: mib << 20})
+	f := newFixture(b, samplearchive.Options{Engine: samplearchive.CRIO, MemoryBytes: mib << 20})
 	reg := testregistry.StartProcess(b)
 	ids := []age.Identity{f.keys.Identity}
 	b.Logf("archive %d MiB", f.m.Plaintext.Size>>20)

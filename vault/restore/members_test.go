@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/vault/restore"
 )
 
@@ -61,9 +61,9 @@ func TestCheckMembers(t *testing.T) {
 		}
 	}
 	// Real checkpoint layouts of both engines pass.
-	for _, e := range []testarchive.Engine{testarchive.CRIO, testarchive.Containerd} {
+	for _, e := range []samplearchive.Engine{samplearchive.CRIO, samplearchive.Containerd} {
 		var b bytes.Buffer
-		if err := testarchive.Write(&b, testarchive.Options{Engine: e, DotSlash: e == testarchive.Containerd}); err != nil {
+		if err := samplearchive.Write(&b, samplearchive.Options{Engine: e, DotSlash: e == samplearchive.Containerd}); err != nil {
 			t.Fatal(err)
 		}
 		if err := restore.CheckMembers(&b); err != nil {
@@ -80,7 +80,7 @@ func TestCheckMembers(t *testing.T) {
 // unpacks only regular files and directories below the target directory.
 func FuzzCheckMembers(f *testing.F) {
 	var b bytes.Buffer
-	if err := testarchive.Write(&b, testarchive.Options{MemoryBytes: 1024}); err != nil {
+	if err := samplearchive.Write(&b, samplearchive.Options{MemoryBytes: 1024}); err != nil {
 		f.Fatal(err)
 	}
 	f.Add(b.Bytes())

@@ -19,7 +19,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/checkpoint-vault/ckvault/audit"
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testregistry"
 	"github.com/checkpoint-vault/ckvault/internal/testtools"
 	"github.com/checkpoint-vault/ckvault/internal/testvault"
@@ -46,7 +46,7 @@ type fixture struct {
 	tmp     string
 }
 
-func newFixture(t testing.TB, opts testarchive.Options) *fixture {
+func newFixture(t testing.TB, opts samplearchive.Options) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	keys, err := testvault.NewKeys(dir, false)
@@ -57,7 +57,7 @@ func newFixture(t testing.TB, opts testarchive.Options) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := testarchive.WriteDir(t.TempDir(), opts)
+	p, err := samplearchive.WriteDir(t.TempDir(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,10 +218,10 @@ func TestRestorePush(t *testing.T) {
 	t.Setenv("DOCKER_CONFIG", reg.DockerConfig) // what authn.DefaultKeychain reads
 	for _, tc := range []struct {
 		name string
-		opts testarchive.Options
+		opts samplearchive.Options
 	}{
-		{"cri-o", testarchive.Options{Engine: testarchive.CRIO, Namespace: "payments", Pod: "api-0", Container: "server", MemoryBytes: 3 << 20}},
-		{"containerd", testarchive.Options{Engine: testarchive.Containerd, Namespace: "web", Pod: "front-1", Container: "nginx", DotSlash: true}},
+		{"cri-o", samplearchive.Options{Engine: samplearchive.CRIO, Namespace: "payments", Pod: "api-0", Container: "server", MemoryBytes: 3 << 20}},
+		{"containerd", samplearchive.Options{Engine: samplearchive.Containerd, Namespace: "web", Pod: "front-1", Container: "nginx", DotSlash: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, tc.opts)
@@ -325,7 +325,7 @@ func records(t testing.TB, log *audit.Log, action string) []audit.Record {
 // such repository.
 func TestRestoreTamperedNothingPushed(t *testing.T) {
 	reg := testregistry.Start(t, testregistry.Options{})
-	f := newFixture(t, testarchive.Options{Engine: testarchive.CRIO, MemoryBytes: 1 << 20})
+	f := newFixture(t, samplearchive.Options{Engine: samplearchive.CRIO, MemoryBytes: 1 << 20})
 	ct := f.m.Objects().Ciphertext
 	b, err := testvault.GetBytes(context.Background(), f.st, ct)
 	if err != nil {
@@ -364,7 +364,7 @@ func TestRestoreTamperedNothingPushed(t *testing.T) {
 // TestPushTransport: plain HTTP is refused unless allowed, and a registry
 // whose certificate the client cannot verify is refused.
 func TestPushTransport(t *testing.T) {
-	f := newFixture(t, testarchive.Options{Engine: testarchive.Containerd})
+	f := newFixture(t, samplearchive.Options{Engine: samplearchive.Containerd})
 	plain := testregistry.Start(t, testregistry.Options{PlainHTTP: true})
 	var res restore.Result
 	_, err := f.restore(t, pushTo(plain.Host+"/x/y:z", restore.PushOptions{}, &res))
@@ -386,7 +386,7 @@ func TestPushTransport(t *testing.T) {
 // pushes as it is (its one entry, the index), and checks the layout's privacy.
 func TestWriteLayout(t *testing.T) {
 	reg := testregistry.Start(t, testregistry.Options{})
-	f := newFixture(t, testarchive.Options{Engine: testarchive.CRIO})
+	f := newFixture(t, samplearchive.Options{Engine: samplearchive.CRIO})
 	out := filepath.Join(t.TempDir(), "layout")
 	var res restore.Result
 	_, err := f.restore(t, func(ctx context.Context, m *manifest.Manifest, a io.ReaderAt) (map[string]string, error) {
@@ -451,7 +451,7 @@ func TestWriteLayout(t *testing.T) {
 // were taken, neither a layout nor a registry receives them, and the
 // layout keeps no partial blob.
 func TestLayerChanged(t *testing.T) {
-	f := newFixture(t, testarchive.Options{Engine: testarchive.CRIO})
+	f := newFixture(t, samplearchive.Options{Engine: samplearchive.CRIO})
 	orig, err := os.ReadFile(f.archive)
 	if err != nil {
 		t.Fatal(err)
@@ -483,9 +483,9 @@ func TestLayerChanged(t *testing.T) {
 
 func TestParseReference(t *testing.T) {
 	for ref, ok := range map[string]bool{
-		"registry.example/forensics/api:3f9c": true,
-		"registry.example/forensics/api":      true,
-		"127.0.0.1:5000/x":                    true,
+		"registry.example/forensics/api:3f9c":                  true,
+		"registry.example/forensics/api":                       true,
+		"127.0.0.1:5000/x":                                     true,
 		"registry.example/x@sha256:" + strings.Repeat("a", 64): false,
 		"Not A Ref": false,
 	} {
