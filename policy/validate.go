@@ -131,6 +131,7 @@ func (c *Config) validate(v *validator) {
 
 	c.Daemon.validate(v)
 	c.Audit.validate(v)
+	c.Retention.validate(v)
 }
 
 // validateNode refuses a node name the object layout cannot hold. The name
