@@ -111,6 +111,13 @@ audit:
 	t.Cleanup(func() { trail.Close() })
 	r := &responder.Responder{Store: store, Trusted: keys.Trusted, Audit: trail, Actor: "uid:0(test)@laptop"}
 
+	return &node{cfg: cfg, kubelet: startKubelet(t, ck, kopts), trail: trail, r: r,
+		finder: &trigger.StoreFinder{Store: store, Responder: r}, ids: []age.Identity{keys.Identity}, dir: dir}
+}
+
+// startKubelet runs a stand-in for node-a writing into ck, with the test
+// pods, tokens and authorisation unless opts sets them.
+func startKubelet(t *testing.T, ck string, kopts testkubelet.Options) *testkubelet.Kubelet {
 	kopts.Node, kopts.CheckpointsDir = "node-a", ck
 	if kopts.Pods == nil {
 		kopts.Pods = map[string][]string{"payments/api-0": {"server", "sidecar"}, "kube-system/dns-0": {"coredns"}}
@@ -119,17 +126,20 @@ audit:
 	if kopts.Authorizer == nil {
 		kopts.Authorizer = testkubelet.Allow{"alice": true}
 	}
-	return &node{cfg: cfg, kubelet: testkubelet.Start(t, kopts), trail: trail, r: r,
-		finder: &trigger.StoreFinder{Store: store, Responder: r}, ids: []age.Identity{keys.Identity}, dir: dir}
+	return testkubelet.Start(t, kopts)
 }
 
-func (n *node) client(t *testing.T, token string) *trigger.Kubelet {
-	u, err := url.Parse(n.kubelet.URL)
+func client(t *testing.T, k *testkubelet.Kubelet, token string) *trigger.Kubelet {
+	u, err := url.Parse(k.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &trigger.Kubelet{URL: u, Node: "node-a", Token: token,
-		TLS: &tls.Config{RootCAs: n.kubelet.CA.Pool(), MinVersion: tls.VersionTLS12}, Backoff: 10 * time.Millisecond}
+		TLS: &tls.Config{RootCAs: k.CA.Pool(), MinVersion: tls.VersionTLS12}, Backoff: 10 * time.Millisecond}
+}
+
+func (n *node) client(t *testing.T, token string) *trigger.Kubelet {
+	return client(t, n.kubelet, token)
 }
 
 func (n *node) trigger(t *testing.T, k *trigger.Kubelet) *trigger.Trigger {
@@ -221,7 +231,7 @@ func TestTriggerVaults(t *testing.T) {
 // is recorded, and nothing is waited for.
 func TestKubeletAnswers(t *testing.T) {
 	n := newNode(t, testkubelet.Options{RuntimeRequestTimeout: time.Second})
-	off := newNode(t, testkubelet.Options{FeatureGateOff: true})
+	off := startKubelet(t, t.TempDir(), testkubelet.Options{FeatureGateOff: true})
 	for _, tc := range []struct {
 		name   string
 		k      *trigger.Kubelet
@@ -235,7 +245,7 @@ func TestKubeletAnswers(t *testing.T) {
 		{"403", n.client(t, tokMallory), api, nil, trigger.ErrForbidden, "create on nodes/checkpoint"},
 		{"404 pod", n.client(t, tokAlice), trigger.Target{Namespace: "payments", Pod: "gone-0", Container: "server"}, nil, trigger.ErrNotFound, "pod does not exist"},
 		{"404 container", n.client(t, tokAlice), trigger.Target{Namespace: "payments", Pod: "api-0", Container: "nope"}, nil, trigger.ErrNotFound, "container nope does not exist"},
-		{"404 feature gate", off.client(t, tokAlice), api, nil, trigger.ErrNotFound, "ContainerCheckpoint feature gate"},
+		{"404 feature gate", client(t, off, tokAlice), api, nil, trigger.ErrNotFound, "ContainerCheckpoint feature gate"},
 		{"500 runtime", n.client(t, tokAlice), api, func() { n.kubelet.FailWith("CRIU binary not found") }, trigger.ErrRuntime, "CRIU binary not found"},
 		{"500 runtime timeout", n.client(t, tokAlice), api, func() { n.kubelet.FailWith(""); n.kubelet.SlowRuntime(3*time.Second, 1<<20, 0) }, trigger.ErrRuntime, "DeadlineExceeded"},
 	} {
@@ -261,11 +271,11 @@ func TestKubeletAnswers(t *testing.T) {
 	n.kubelet.SlowRuntime(0, 1<<20, 0)
 
 	// The kubelet does not answer before the client gives up.
-	slow := newNode(t, testkubelet.Options{RuntimeRequestTimeout: time.Minute})
-	slow.kubelet.SlowRuntime(10*time.Second, 1<<20, 0)
-	k := slow.client(t, tokAlice)
+	slow := startKubelet(t, t.TempDir(), testkubelet.Options{RuntimeRequestTimeout: time.Minute})
+	slow.SlowRuntime(5*time.Second, 1<<20, 0)
+	k := client(t, slow, tokAlice)
 	k.RuntimeRequestTimeout, k.Grace = time.Second, time.Second
-	tr := slow.trigger(t, k)
+	tr := n.trigger(t, k)
 	tr.Timeout = time.Second
 	if _, err := tr.Run(context.Background(), api); !errors.Is(err, trigger.ErrTimeout) || !strings.Contains(err.Error(), "ckvault list") {
 		t.Fatalf("client timeout: %v", err)
@@ -289,19 +299,19 @@ func TestKubeletAnswers(t *testing.T) {
 // TestClientCertificate: a client certificate from the kubelet's client CA
 // authenticates; the serving certificate is verified.
 func TestClientCertificate(t *testing.T) {
-	n := newNode(t, testkubelet.Options{})
-	cert, key := n.kubelet.ClientCert(t, t.TempDir(), "alice")
+	kl := startKubelet(t, t.TempDir(), testkubelet.Options{})
+	cert, key := kl.ClientCert(t, t.TempDir(), "alice")
 	pair, err := tls.LoadX509KeyPair(cert, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := n.client(t, "")
+	k := client(t, kl, "")
 	k.TLS.Certificates = []tls.Certificate{pair}
 	if _, err := k.Checkpoint(context.Background(), api, 30*time.Second); err != nil {
 		t.Fatalf("with a client certificate: %v", err)
 	}
 	// A kubelet whose certificate the client cannot verify is refused.
-	k = n.client(t, tokAlice)
+	k = client(t, kl, tokAlice)
 	k.TLS.RootCAs = nil
 	if _, err := k.Checkpoint(context.Background(), api, 30*time.Second); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("unverified kubelet certificate: %v", err)
@@ -332,13 +342,8 @@ func TestSkippedNamespace(t *testing.T) {
 // and silent, sooner.
 func TestNoDaemon(t *testing.T) {
 	n := newNode(t, testkubelet.Options{})
-	ck := t.TempDir() // a directory no daemon watches
-	k := testkubelet.Start(t, testkubelet.Options{Node: "node-a", CheckpointsDir: ck,
-		Pods: map[string][]string{"payments/api-0": {"server"}}, Tokens: map[string]testkubelet.User{tokAlice: {Name: "alice"}},
-		Authorizer: testkubelet.Allow{"alice": true}})
-	u, _ := url.Parse(k.URL)
-	kc := &trigger.Kubelet{URL: u, Node: "node-a", Token: tokAlice, TLS: &tls.Config{RootCAs: k.CA.Pool()}}
-	tr := n.trigger(t, kc)
+	k := startKubelet(t, t.TempDir(), testkubelet.Options{}) // a directory no daemon watches
+	tr := n.trigger(t, client(t, k, tokAlice))
 	tr.Wait.Trail, tr.Wait.VaultWithin = nil, 2*time.Second
 	if _, err := tr.Run(context.Background(), api); !errors.Is(err, trigger.ErrNotVaulted) || !strings.Contains(err.Error(), "daemon") {
 		t.Fatalf("no daemon, no trail: %v", err)
