@@ -93,7 +93,7 @@ type Daemon struct {
 	audit  *audit.Log
 	state  *stateDB
 	signer *signing.Signer
-	dir    *os.File
+	dir    *admit.Dir
 	m      *metrics
 
 	recipients map[string]*envelope.RecipientSet // "" is the global set
@@ -103,6 +103,8 @@ type Daemon struct {
 	pending     map[string]*item
 	waiters     []chan struct{}
 	storeErr    error
+	dirGen      uint64 // generation of the checkpoints directory last seen usable
+	dirErr      string // why it was refused, while it is
 	metricsAddr string
 	ready       chan struct{}
 }
@@ -117,6 +119,9 @@ type item struct {
 	again      bool // an event arrived while running
 	detected   bool
 	lastReason string
+	// dir is the checkpoints directory, verified for this attempt; set
+	// by the worker around process.
+	dir *admit.DirRef
 }
 
 // New opens everything the daemon needs and fails, naming what and how to
@@ -331,11 +336,17 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err := os.MkdirAll(d.cfg.CheckpointsDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		d.log.Warn("checkpoints directory cannot be created; waiting for it", "dir", d.cfg.CheckpointsDir, "err", err)
 	}
-	d.dir, err = os.Open(d.cfg.CheckpointsDir)
+	d.dir, err = admit.OpenDir(d.cfg.CheckpointsDir, d.dirRule())
 	if err != nil {
-		return fmt.Errorf("opening checkpoints directory %s: %w", d.cfg.CheckpointsDir, err)
+		return fmt.Errorf("opening checkpoints directory: %w", err)
 	}
-	if err := d.settleShreds(ctx); err != nil {
+	dir, err := d.acquireDir(ctx)
+	if err != nil {
+		return err
+	}
+	err = d.settleShreds(ctx, dir)
+	dir.Release()
+	if err != nil {
 		return fmt.Errorf("finishing interrupted shreds: %w", err)
 	}
 	events := make(chan watch.Event, 256)
@@ -371,7 +382,7 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event, watchErr <
 			defer wg.Done()
 			for it := range work {
 				d.m.inFlight.Inc()
-				res, err := d.process(workCtx, it)
+				res, err := d.attempt(workCtx, it)
 				d.m.inFlight.Dec()
 				results <- done{it, res, err}
 			}
@@ -415,7 +426,9 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event, watchErr <
 				reason = f.reason
 			}
 			d.m.failures.WithLabelValues(reason).Inc()
-			if it.lastReason != reason {
+			// A refused directory is audited once for all archives
+			// (acquireDir), not once per archive.
+			if it.lastReason != reason && reason != "checkpoints-dir" {
 				it.lastReason = reason
 				d.record(workCtx, audit.Record{Action: "failed", Subject: it.name, Outcome: audit.Error,
 					Detail: map[string]string{"reason": reason, "error": errString(r.err), "retry": backoff.String()}})
@@ -466,6 +479,19 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event, watchErr <
 			return runErr
 		}
 	}
+}
+
+// attempt runs process with the checkpoints directory held and verified
+// for the whole attempt.
+func (d *Daemon) attempt(ctx context.Context, it *item) (result, error) {
+	dir, err := d.acquireDir(ctx)
+	if err != nil {
+		return resBackoff, err
+	}
+	defer dir.Release()
+	it.dir = dir
+	defer func() { it.dir = nil }()
+	return d.process(ctx, it)
 }
 
 func errString(err error) string {
@@ -571,6 +597,56 @@ func (d *Daemon) checkStore(ctx context.Context) {
 	d.mu.Unlock()
 }
 
+// dirRule is who may own the checkpoints directory: root, the daemon's
+// user and the archives' required owner.
+func (d *Daemon) dirRule() admit.DirRule {
+	owners := []uint32{0, uint32(os.Geteuid())}
+	if !d.owner.Any {
+		owners = append(owners, d.owner.UID)
+	}
+	return admit.DirRule{Owners: owners}
+}
+
+// acquireDir takes the checkpoints directory for one use (see admit.Dir:
+// verified against its path, reopened if it was replaced, refused while it
+// is missing or unsafe). The first refusal and every reopening are audited.
+func (d *Daemon) acquireDir(ctx context.Context) (*admit.DirRef, error) {
+	ref, err := d.dir.Acquire()
+	var rec *audit.Record
+	d.mu.Lock()
+	switch {
+	case err != nil && d.dirErr != err.Error():
+		d.dirErr = err.Error()
+		rec = &audit.Record{Action: "checkpoints-dir", Subject: d.cfg.CheckpointsDir, Outcome: audit.Error,
+			Detail: map[string]string{"event": "refused", "error": err.Error()}}
+	case err == nil && (ref.Generation() != d.dirGen || d.dirErr != ""):
+		dev, ino := ref.Identity()
+		event := "usable again"
+		if ref.Generation() != d.dirGen && d.dirGen != 0 {
+			event = "replaced: reopened"
+		}
+		if d.dirGen == 0 {
+			event = "opened"
+		}
+		d.dirGen, d.dirErr = ref.Generation(), ""
+		rec = &audit.Record{Action: "checkpoints-dir", Subject: d.cfg.CheckpointsDir, Outcome: audit.OK,
+			Detail: map[string]string{"event": event, "dev": strconv.FormatUint(dev, 10), "inode": strconv.FormatUint(ino, 10)}}
+	}
+	d.mu.Unlock()
+	if rec != nil {
+		if rec.Outcome == audit.OK {
+			d.log.Info("checkpoints directory "+rec.Detail["event"], "dir", d.cfg.CheckpointsDir, "inode", rec.Detail["inode"])
+		} else {
+			d.log.Error("checkpoints directory unusable; archives wait until it is fixed", "err", err)
+		}
+		d.record(ctx, *rec)
+	}
+	if err != nil {
+		return nil, &failure{"checkpoints-dir", err}
+	}
+	return ref, nil
+}
+
 func (d *Daemon) storeError() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -596,7 +672,7 @@ func (d *Daemon) serve(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := d.storeError(); err != nil {
 			http.Error(w, "store unreachable: "+err.Error(), http.StatusServiceUnavailable)
 			return
@@ -605,6 +681,16 @@ func (d *Daemon) serve(ctx context.Context) error {
 			http.Error(w, "state database not writable: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		if d.dir == nil {
+			http.Error(w, "checkpoints directory not open yet", http.StatusServiceUnavailable)
+			return
+		}
+		dir, err := d.acquireDir(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		dir.Release()
 		fmt.Fprintln(w, "ready")
 	})
 	ln, err := net.Listen("tcp", d.cfg.Daemon.Listen)
