@@ -265,9 +265,21 @@ func TestExample(t *testing.T) {
 		if len(parts) >= 2 && parts[0] == "namespaces" {
 			parts[1] = "*"
 		}
+		if len(parts) >= 3 && parts[0] == "retention" && parts[1] != "global" {
+			parts[2] = "*" // retention.pods.<ns/pod>.key → retention.pods.*.key
+		}
 		present[strings.Join(parts, ".")] = true
 		return true
 	})
+	// The limits are documented once, under retention.global; the other
+	// scopes take the same keys.
+	for k := range present {
+		if lim, ok := strings.CutPrefix(k, "retention.global."); ok {
+			for _, scope := range []string{"namespaces", "pods", "containers"} {
+				present["retention."+scope+".*."+lim] = true
+			}
+		}
+	}
 	for _, k := range allKeys(reflect.TypeOf(Config{}), "") {
 		if !present[k] {
 			t.Errorf("deploy/ckvault.example.yaml does not document %s", k)

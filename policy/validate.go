@@ -134,6 +134,7 @@ func (c *Config) validate(v *validator) {
 
 	c.Daemon.validate(v)
 	c.Audit.validate(v)
+	c.Retention.validate(v)
 }
 
 func checkDir(v *validator, key, p string) {

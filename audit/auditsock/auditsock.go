@@ -214,7 +214,9 @@ const MaxAppendBody = 128 << 10
 // AppendActions are the actions a client may append: what the responder
 // commands (vault/responder) record. "denied" is a responder's refusal of
 // an object that failed a check.
-var AppendActions = []string{"listed", "verified", "fetched", "inspected", "denied"}
+// "gc", "deleted", "pinned" and "unpinned" are retention's (vault/gc),
+// run by root on a node as `ckvault gc` / `ckvault pin`.
+var AppendActions = []string{"listed", "verified", "fetched", "inspected", "denied", "gc", "deleted", "pinned", "unpinned"}
 
 // Detail keys the daemon sets on appended records; a client may not.
 const (

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 )
 
 // TestDevRunsAndIsIdempotent starts the dev daemon twice on one directory:
@@ -37,7 +37,7 @@ func TestDevRunsAndIsIdempotent(t *testing.T) {
 		if !bytes.Contains(out.Bytes(), []byte(h.Config.CheckpointsDir)) {
 			t.Errorf("instructions do not say where to drop archives:\n%s", out.String())
 		}
-		path, err := testarchive.WriteDir(h.Config.CheckpointsDir, testarchive.Options{Seed: int64(run), Pod: "dev-pod-" + string(rune('a'+run))})
+		path, err := samplearchive.WriteDir(h.Config.CheckpointsDir, samplearchive.Options{Seed: int64(run), Pod: "dev-pod-" + string(rune('a'+run))})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -39,6 +39,9 @@ Start with:  ckvault dev --demo`,
 		newVerifyCommand(),
 		newFetchCommand(),
 		newInspectCommand(),
+		newGCCommand(),
+		newPinCommand(),
+		newUnpinCommand(),
 	)
 	return root
 }

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/checkpoint-vault/ckvault/internal/hostiletar"
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 )
 
 // eightTiB is what the sparse members of the issue claim: 8 TiB of holes
@@ -45,7 +45,7 @@ func parseWithin(t *testing.T, data []byte, lim Limits) (*Info, parseWork, error
 }
 
 func prefixed(t testing.TB, members ...[]byte) []byte {
-	base := archive(t, testarchive.Options{MemoryBytes: 4096})
+	base := archive(t, samplearchive.Options{MemoryBytes: 4096})
 	return append(bytes.Join(members, nil), base...)
 }
 
@@ -151,7 +151,7 @@ func TestNamesDoNotRetainHeaders(t *testing.T) {
 				hostiletar.Record("comment", strings.Repeat("c", recordSize))))
 			pw.Write(hostiletar.Raw("x", tar.TypeReg, 0, nil))
 		}
-		pw.Write(archive(t, testarchive.Options{MemoryBytes: 4096}))
+		pw.Write(archive(t, samplearchive.Options{MemoryBytes: 4096}))
 		pw.Close()
 	}()
 	before := heapAfterGC()

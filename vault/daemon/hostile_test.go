@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/checkpoint-vault/ckvault/internal/hostiletar"
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 )
 
 // hostileArchive is one file of the hostile set: hostile members written
@@ -78,7 +78,7 @@ func writeHostile(t testing.TB, dir string, h hostileArchive, seed int64) {
 	must(t, err)
 	w := bufio.NewWriterSize(f, 1<<20)
 	h.write(w)
-	w.Write(archiveBytes(t, testarchive.Options{Seed: seed, Pod: fmt.Sprintf("hostile-%d", seed)}))
+	w.Write(archiveBytes(t, samplearchive.Options{Seed: seed, Pod: fmt.Sprintf("hostile-%d", seed)}))
 	must(t, w.Flush())
 	must(t, f.Close())
 }
@@ -192,8 +192,8 @@ func TestHostileArchives(t *testing.T) {
 		must(t, os.Rename(filepath.Join(staging, h.name), filepath.Join(e.ckDir, h.name)))
 	}
 
-	good := testarchive.Options{Seed: 7, Namespace: "team-a", Pod: "after-the-storm", Container: "app"}
-	goodName := testarchive.Filename(good)
+	good := samplearchive.Options{Seed: 7, Namespace: "team-a", Pod: "after-the-storm", Container: "app"}
+	goodName := samplearchive.Filename(good)
 	plain := archiveBytes(t, good)
 	must(t, os.WriteFile(filepath.Join(e.ckDir, goodName), plain, 0o600))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -9,28 +9,28 @@ import (
 	"testing"
 
 	"github.com/checkpoint-vault/ckvault/internal/hostiletar"
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/vault/admit"
 	"github.com/checkpoint-vault/ckvault/vault/checkpoint"
 )
 
 func TestPrescan(t *testing.T) {
-	good := func(o testarchive.Options) []byte { return archiveBytes(t, o) }
-	crio := good(testarchive.Options{Namespace: "ns-a", Pod: "p", Container: "c-1"})
+	good := func(o samplearchive.Options) []byte { return archiveBytes(t, o) }
+	crio := good(samplearchive.Options{Namespace: "ns-a", Pod: "p", Container: "c-1"})
 	for _, tt := range []struct {
 		name   string
 		b      []byte
 		reason admit.Reason
 	}{
 		{"crio", crio, ""},
-		{"containerd dot-slash", good(testarchive.Options{Engine: testarchive.Containerd, DotSlash: true, Namespace: "ns-a", Pod: "p", Container: "c-1"}), ""},
+		{"containerd dot-slash", good(samplearchive.Options{Engine: samplearchive.Containerd, DotSlash: true, Namespace: "ns-a", Pod: "p", Container: "c-1"}), ""},
 		{"empty", nil, admit.ReasonTruncated},
 		{"text", bytes.Repeat([]byte("hello "), 400), admit.ReasonNotACheckpoint},
 		{"cut mid-member", crio[:len(crio)-3000], admit.ReasonTruncated},
 		{"no end marker", crio[:len(crio)-1024], admit.ReasonTruncated},
-		{"no config.dump", good(testarchive.Options{Omit: []string{"config.dump"}}), admit.ReasonNotACheckpoint},
-		{"no checkpoint dir", good(testarchive.Options{Omit: []string{"checkpoint/"}}), admit.ReasonNotACheckpoint},
-		{"bad spec", good(testarchive.Options{Override: map[string][]byte{"spec.dump": []byte("{")}}), admit.ReasonNotACheckpoint},
+		{"no config.dump", good(samplearchive.Options{Omit: []string{"config.dump"}}), admit.ReasonNotACheckpoint},
+		{"no checkpoint dir", good(samplearchive.Options{Omit: []string{"checkpoint/"}}), admit.ReasonNotACheckpoint},
+		{"bad spec", good(samplearchive.Options{Override: map[string][]byte{"spec.dump": []byte("{")}}), admit.ReasonNotACheckpoint},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			info, err := prescan(context.Background(), bytes.NewReader(tt.b), int64(len(tt.b)))
@@ -48,7 +48,7 @@ func TestPrescan(t *testing.T) {
 // hostile archive is refused before a byte of it is sealed, and a stop
 // interrupts it.
 func TestPrescanHostile(t *testing.T) {
-	base := archiveBytes(t, testarchive.Options{Namespace: "ns-a", Pod: "p", Container: "c-1"})
+	base := archiveBytes(t, samplearchive.Options{Namespace: "ns-a", Pod: "p", Container: "c-1"})
 	pre := func(m ...[]byte) []byte { return append(bytes.Join(m, nil), base...) }
 	for _, tt := range []struct {
 		name   string
@@ -101,9 +101,9 @@ func FuzzPrescan(f *testing.F) {
 	// in proportion to the input).
 	minimal := []string{"stats-dump", "dump.log", "rootfs-diff.tar", "bind.mounts", "deleted.files",
 		"checkpoint/inventory.img", "checkpoint/pstree.img"}
-	small := archiveBytes(f, testarchive.Options{MemoryBytes: -1, Omit: minimal})
+	small := archiveBytes(f, samplearchive.Options{MemoryBytes: -1, Omit: minimal})
 	f.Add(small)
-	f.Add(archiveBytes(f, testarchive.Options{Engine: testarchive.Containerd, DotSlash: true, MemoryBytes: 16, Omit: minimal}))
+	f.Add(archiveBytes(f, samplearchive.Options{Engine: samplearchive.Containerd, DotSlash: true, MemoryBytes: 16, Omit: minimal}))
 	f.Add([]byte("not a tar"))
 	for _, s := range hostiletar.Seeds(small) {
 		f.Add(s)
