@@ -468,6 +468,6 @@ func NewPageReader(seed int64) io.Reader {
 	binary.LittleEndian.PutUint64(s[:], uint64(seed))
 	// The seed label keeps the package's former name on purpose: changing
 	// it would change every generated archive's bytes for a given seed.
-	copy(s[8:], "ckvault samplearchive pages")
+	copy(s[8:], "ckvault testarchive pages")
 	return rand.NewChaCha8(s)
 }
