@@ -31,6 +31,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 )
 
 // Sentinel errors, for errors.Is; the returned errors wrap them with the
@@ -124,6 +126,20 @@ type Identity struct {
 
 func (id Identity) String() string { return id.Namespace + "/" + id.Pod + "/" + id.Container }
 
+// Check holds the identity to the Kubernetes name rules (internal/k8sname)
+// that the object layout and the audit trail use too, so an identity
+// accepted here always names an object. Anything with '/', '..', control
+// characters or upper case is refused rather than escaped.
+func (id Identity) Check() error {
+	if err := k8sname.Namespace.Check(id.Namespace); err != nil {
+		return err
+	}
+	if err := k8sname.Pod.Check(id.Pod); err != nil {
+		return err
+	}
+	return k8sname.Container.Check(id.Container)
+}
+
 // Member is one tar entry. Name has any "./" prefix removed.
 type Member struct {
 	Name string `json:"name"`
@@ -209,10 +225,28 @@ func ParseFilename(name string) (Filename, error) {
 	if !ok || pod == "" {
 		return bad("no '_' between pod and namespace")
 	}
-	if len(nc) < 3 || nc[0] == '-' || nc[len(nc)-1] == '-' || !strings.Contains(nc, "-") {
-		return bad("no <namespace>-<container>")
+	if err := k8sname.Pod.Check(pod); err != nil {
+		return bad(err.Error())
+	}
+	if !splittable(nc) {
+		return bad("no <namespace>-<container> of two Kubernetes names")
 	}
 	return Filename{Pod: pod, NamespaceContainer: nc, Time: t}, nil
+}
+
+// splittable reports whether nc is "<namespace>-<container>" for at least
+// one valid namespace and container name; which one, only the archive's
+// identity says.
+func splittable(nc string) bool {
+	if len(nc) > 2*k8sname.MaxLabel+1 {
+		return false
+	}
+	for i := 0; i < len(nc); i++ {
+		if nc[i] == '-' && k8sname.Namespace.Valid(nc[:i]) && k8sname.Container.Valid(nc[i+1:]) {
+			return true
+		}
+	}
+	return false
 }
 
 // MismatchError reports where an archive's name disagrees with the

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/checkpoint-vault/ckvault/internal/hostiletar"
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 )
 
@@ -309,8 +310,8 @@ func FuzzParse(f *testing.F) {
 				t.Fatal("a prefix without the full end marker was accepted")
 			}
 		}
-		if !validName(info.Identity.Namespace) || !validName(info.Identity.Pod) || !validName(info.Identity.Container) {
-			t.Fatalf("accepted identity %v", info.Identity)
+		if err := info.Identity.Check(); err != nil {
+			t.Fatalf("accepted identity %v: %v", info.Identity, err)
 		}
 	})
 }
@@ -338,7 +339,7 @@ func FuzzParseFilename(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if fn.Pod == "" || strings.Contains(fn.Pod, "_") || !strings.Contains(fn.NamespaceContainer, "-") || fn.Time.IsZero() {
+		if !k8sname.Pod.Valid(fn.Pod) || !splittable(fn.NamespaceContainer) || fn.Time.IsZero() {
 			t.Fatalf("ParseFilename(%q) = %+v", name, fn)
 		}
 	})

@@ -350,29 +350,10 @@ func (info *Info) decodeDumps(config, spec []byte) error {
 	if info.Identity.Namespace == "" || info.Identity.Pod == "" || info.Identity.Container == "" {
 		return fmt.Errorf("%w: %s annotations name no Kubernetes namespace, pod and container (engine %q)", ErrNotCheckpoint, SpecDumpFile, info.Engine)
 	}
-	for _, f := range []string{info.Identity.Namespace, info.Identity.Pod, info.Identity.Container} {
-		if !validName(f) {
-			return fmt.Errorf("%w: %s names an invalid Kubernetes object name %q", ErrNotCheckpoint, SpecDumpFile, f)
-		}
+	if err := info.Identity.Check(); err != nil {
+		return fmt.Errorf("%w: %s annotations: %w", ErrNotCheckpoint, SpecDumpFile, err)
 	}
 	return nil
-}
-
-// validName accepts Kubernetes object names (DNS subdomains for pods, DNS
-// labels for namespaces and containers). The identity ends up in object
-// keys, so anything with '/', '..', control characters or upper case is
-// refused rather than escaped.
-func validName(s string) bool {
-	if len(s) == 0 || len(s) > 253 || s[0] == '.' || s[0] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
-			return false
-		}
-	}
-	return !strings.Contains(s, "..")
 }
 
 func first(ss ...string) string {
