@@ -145,7 +145,9 @@ type Member struct {
 	Name string `json:"name"`
 	Size int64  `json:"size"`
 	// Type is the tar type flag as a letter: "f" regular file, "d"
-	// directory, "l" symlink, "h" hard link, "o" other.
+	// directory — the only types an accepted archive has (CheckHeader);
+	// "l" symlink, "h" hard link and "o" other remain for readers of
+	// older listings.
 	Type string `json:"type"`
 }
 
