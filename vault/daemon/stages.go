@@ -294,7 +294,11 @@ func (d *Daemon) publishStage(ctx context.Context, j *job) (result, error) {
 		if err != nil {
 			return resBackoff, &failure{"state-db", fmt.Errorf("recorded manifest of %s: %w", p.Name, err)}
 		}
-		signed, err := manifest.Sign(ctx, m, d.signer)
+		var signed manifest.Signed
+		err = testFault(testFaultSign, p.Object)
+		if err == nil {
+			signed, err = manifest.Sign(ctx, m, d.signer)
+		}
 		if err != nil {
 			return resBackoff, &failure{"sign", err}
 		}
@@ -453,4 +457,15 @@ func (d *Daemon) withdraw(ctx context.Context, base string) (deleted, kept []str
 		deleted = append(deleted, k)
 	}
 	return deleted, kept, errors.Join(errs...)
+}
+
+// testFaultSign, when set by a test, runs before each signing and can fail
+// it (the fault-injection test's unavailable signer). Nil in production.
+var testFaultSign func(object string) error
+
+func testFault(f func(string) error, object string) error {
+	if f == nil {
+		return nil
+	}
+	return f(object)
 }
