@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/checkpoint-vault/ckvault/audit"
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 	"github.com/checkpoint-vault/ckvault/internal/testvault"
 	"github.com/checkpoint-vault/ckvault/policy"
@@ -226,9 +226,9 @@ func testCrashAnywhere(t *testing.T, e *env, locked bool, iterations int) {
 	for i, cp := range crashSpecs() {
 		var pins []string
 		for j := range 2 {
-			o := testarchive.Options{Engine: testarchive.Engine(j), Namespace: "crash", Pod: fmt.Sprintf("point-%d-%d", i, j),
+			o := samplearchive.Options{Engine: samplearchive.Engine(j), Namespace: "crash", Pod: fmt.Sprintf("point-%d-%d", i, j),
 				Container: "app", Seed: int64(1000 + i*10 + j), MemoryBytes: int64(128<<10 + rng.IntN(1<<20))}
-			p, err := testarchive.WriteDir(e.ckDir, o)
+			p, err := samplearchive.WriteDir(e.ckDir, o)
 			must(t, err)
 			names = append(names, filepath.Base(p))
 			if cp.pinned {
@@ -266,9 +266,9 @@ func testCrashAnywhere(t *testing.T, e *env, locked bool, iterations int) {
 	for i := range iterations {
 		// Two new archives per round, of varying size.
 		for j := range 2 {
-			o := testarchive.Options{Engine: testarchive.Engine(j), Namespace: "crash", Pod: fmt.Sprintf("pod-%d-%d", i, j),
+			o := samplearchive.Options{Engine: samplearchive.Engine(j), Namespace: "crash", Pod: fmt.Sprintf("pod-%d-%d", i, j),
 				Container: "app", Seed: int64(i*10 + j), MemoryBytes: int64(256<<10 + rng.IntN(6<<20))}
-			p, err := testarchive.WriteDir(e.ckDir, o)
+			p, err := samplearchive.WriteDir(e.ckDir, o)
 			must(t, err)
 			names = append(names, filepath.Base(p))
 		}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
 	"github.com/checkpoint-vault/ckvault/vault/store"
@@ -41,7 +41,7 @@ func TestSameSecondSameSize(t *testing.T) {
 	promiseEnvs(t, func(t *testing.T, e *env) {
 		r := startDaemon(t, e, Options{})
 		st := openStore(t, e)
-		o := testarchive.Options{Namespace: "idle", Pod: "worker-0", Container: "app", Seed: 1, MemoryBytes: 200 << 10}
+		o := samplearchive.Options{Namespace: "idle", Pod: "worker-0", Container: "app", Seed: 1, MemoryBytes: 200 << 10}
 		first := archiveBytes(t, o)
 		// The same container a second later: other memory, same size.
 		pages := bytes.Repeat([]byte{0x5a}, 200<<10)
@@ -51,7 +51,7 @@ func TestSameSecondSameSize(t *testing.T) {
 		if len(first) != len(second) || bytes.Equal(first, second) {
 			t.Fatalf("test archives must differ with equal sizes: %d, %d bytes", len(first), len(second))
 		}
-		name := testarchive.Filename(o)
+		name := samplearchive.Filename(o)
 		path := filepath.Join(e.ckDir, name)
 
 		must(t, os.WriteFile(path, first, 0o600))
@@ -142,8 +142,8 @@ func TestFaultsOnEveryObject(t *testing.T) {
 		}
 		var drops []drop
 		add := func(pod string) {
-			o := testarchive.Options{Namespace: "faults", Pod: pod, Container: "app", Seed: int64(len(drops)), MemoryBytes: 100 << 10}
-			drops = append(drops, drop{testarchive.Filename(o), archiveBytes(t, o)})
+			o := samplearchive.Options{Namespace: "faults", Pod: pod, Container: "app", Seed: int64(len(drops)), MemoryBytes: 100 << 10}
+			drops = append(drops, drop{samplearchive.Filename(o), archiveBytes(t, o)})
 		}
 		for i, sfx := range suffixes {
 			for _, after := range []bool{false, true} {

@@ -108,8 +108,11 @@ func (d *Daemon) admitStage(ctx context.Context, j *job) (result, error) {
 	d.m.stage.WithLabelValues("admit").Observe(time.Since(j.start).Seconds())
 
 	t := time.Now()
-	pre, err := prescan(c.File, j.snap.Size)
+	pre, err := prescan(ctx, c.File, j.snap.Size)
 	d.m.stage.WithLabelValues("prescan").Observe(time.Since(t).Seconds())
+	if err != nil && ctx.Err() != nil {
+		return resBackoff, &failure{"prescan", err} // stopping: no verdict on the archive
+	}
 	if err != nil {
 		return d.reject(ctx, name, j.snap, admit.ReasonOf(err), err, nil)
 	}

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 )
 
 // Object name suffixes, appended to a base key. docs/FORMAT.md "Object
@@ -212,8 +214,9 @@ type KeyParts struct {
 }
 
 // ParseKey splits a base key of either format into its components. ok is
-// false for a key that does not have the shape. It checks the shape only:
-// names are validated when a manifest is.
+// false for a key that does not have the shape, or whose parts break the
+// name rules a writer checks (internal/k8sname): such a key was not
+// written by one, and its parts must not be taken as an identity.
 func ParseKey(base string) (p KeyParts, ok bool) {
 	seg := strings.Split(base, "/")
 	if len(seg) != 4 {
@@ -237,7 +240,12 @@ func ParseKey(base string) (p KeyParts, ok bool) {
 	if (len(id) != shortIDLenV1 && len(id) != shortIDLenV2) || !isLowerHex(id) {
 		return KeyParts{}, false
 	}
-	return KeyParts{Namespace: seg[0], Pod: seg[1], Container: seg[2], Node: rest[:i], ShortID: id, Checkpointed: t}, true
+	p = KeyParts{Namespace: seg[0], Pod: seg[1], Container: seg[2], Node: rest[:i], ShortID: id, Checkpointed: t}
+	if !k8sname.Namespace.Valid(p.Namespace) || !k8sname.Pod.Valid(p.Pod) ||
+		!k8sname.Container.Valid(p.Container) || !k8sname.Node.Valid(p.Node) {
+		return KeyParts{}, false
+	}
+	return p, true
 }
 
 func isLowerHex(s string) bool {
@@ -250,48 +258,11 @@ func isLowerHex(s string) bool {
 }
 
 // ValidateLabel checks a Kubernetes DNS-1123 label (namespace and
-// container names): 1–63 characters of a–z, 0–9 and "-", starting and
-// ending with a letter or digit. Such a name cannot contain "/", "..",
-// upper case or control characters, so it is safe as a key segment.
-func ValidateLabel(what, s string) error {
-	if err := validateDNS(what, s, 63, false); err != nil {
-		return err
-	}
-	return nil
-}
+// container names) by the one rule in internal/k8sname. Such a name cannot
+// contain "/", "..", upper case or control characters, so it is safe as a
+// key segment.
+func ValidateLabel(what, s string) error { return k8sname.Label.Check(what, s) }
 
 // ValidateSubdomain checks a Kubernetes DNS-1123 subdomain (pod and node
-// names): 1–253 characters, dot-separated labels as in ValidateLabel.
-func ValidateSubdomain(what, s string) error {
-	return validateDNS(what, s, 253, true)
-}
-
-func validateDNS(what, s string, maxLen int, dots bool) error {
-	bad := func(why string) error {
-		return fmt.Errorf("invalid %s name %q: %s (Kubernetes names are lowercase DNS-1123)", what, s, why)
-	}
-	if s == "" {
-		return bad("empty")
-	}
-	if len(s) > maxLen {
-		return bad(fmt.Sprintf("longer than %d characters", maxLen))
-	}
-	for _, label := range strings.Split(s, ".") {
-		if !dots && label != s {
-			return bad(`contains "."`)
-		}
-		if label == "" || len(label) > 63 {
-			return bad("empty or over-long dot-separated label")
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			switch {
-			case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-			case c == '-' && i > 0 && i < len(label)-1:
-			default:
-				return bad(fmt.Sprintf("character %q at offset %d is not allowed", c, i))
-			}
-		}
-	}
-	return nil
-}
+// names) by the one rule in internal/k8sname.
+func ValidateSubdomain(what, s string) error { return k8sname.Subdomain.Check(what, s) }

@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/vault/admit"
 )
 
@@ -25,7 +25,7 @@ func setup(t testing.TB, size int64) (string, *os.File, string, admit.Snapshot) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := io.CopyN(f, testarchive.NewPageReader(1), size); err != nil {
+	if _, err := io.CopyN(f, samplearchive.NewPageReader(1), size); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
@@ -104,7 +104,7 @@ func TestRefusals(t *testing.T) {
 		}},
 		{"replaced", func(t *testing.T, dir, name string, _ *admit.Snapshot) {
 			os.Remove(filepath.Join(dir, name))
-			testarchive.WriteFile(filepath.Join(dir, name), testarchive.Options{})
+			samplearchive.WriteFile(filepath.Join(dir, name), samplearchive.Options{})
 		}},
 		{"symlink", func(t *testing.T, dir, name string, _ *admit.Snapshot) {
 			os.Rename(filepath.Join(dir, name), filepath.Join(dir, "real"))
