@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 )
 
 // RetentionConfig is the retention: section, applied by `ckvault gc` (and
@@ -110,11 +112,6 @@ func ParseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
-var (
-	// podRE is a Kubernetes pod name (RFC 1123 subdomain).
-	podRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
-)
-
 func (r *RetentionConfig) validate(v *validator) {
 	if r == nil {
 		return
@@ -131,12 +128,12 @@ func (r *RetentionConfig) validate(v *validator) {
 		for _, k := range keys {
 			key := "retention." + section + "." + k
 			seg := strings.Split(k, "/")
-			ok := len(seg) == parts && namespaceRE.MatchString(seg[0])
+			ok := len(seg) == parts && k8sname.Namespace.Valid(seg[0])
 			if ok && parts >= 2 {
-				ok = len(seg[1]) <= 253 && podRE.MatchString(seg[1])
+				ok = k8sname.Pod.Valid(seg[1])
 			}
 			if ok && parts == 3 {
-				ok = namespaceRE.MatchString(seg[2]) // a container name is a DNS-1123 label too
+				ok = k8sname.Container.Valid(seg[2])
 			}
 			if !ok {
 				v.add(key, "%q is not %s (lower-case Kubernetes names)", k, form)

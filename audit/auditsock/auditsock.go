@@ -269,6 +269,9 @@ func (q *appendRequest) check() error {
 			return fmt.Errorf("%s is %d bytes, at most %d allowed", f.name, len(f.v), audit.MaxFieldLen)
 		}
 	}
+	if err := audit.CheckIdentity(q.Namespace, q.Pod, q.Container); err != nil {
+		return err
+	}
 	// Two entries are the daemon's.
 	if len(q.Detail) > audit.MaxDetailKeys-2 {
 		return fmt.Errorf("detail has %d keys, at most %d allowed", len(q.Detail), audit.MaxDetailKeys-2)

@@ -24,9 +24,14 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/checkpoint-vault/ckvault/crypto/signing"
 )
 
 func main() {
+	// First of all: started as the signing-key decryption helper, this
+	// process decrypts and exits here (see crypto/signing).
+	signing.DecryptHelperMain()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCommand().ExecuteContext(ctx)
 	stop()

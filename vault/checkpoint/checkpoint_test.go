@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/checkpoint-vault/ckvault/internal/hostiletar"
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 )
 
@@ -264,15 +266,39 @@ func TestCrossCheckMismatch(t *testing.T) {
 	}
 }
 
+// FuzzParse: the parser never panics, accepts only archives read through
+// their marker, and holds to its bounds whatever the bytes: the member
+// content it reads (the dumps) is no more than the input — a sparse member
+// cannot make it expand holes — and the names it keeps stay within
+// Limits.MaxListedNameBytes.
 func FuzzParse(f *testing.F) {
-	f.Add(archive(f, samplearchive.Options{MemoryBytes: 1024}))
+	small := archive(f, samplearchive.Options{MemoryBytes: 1024})
+	f.Add(small)
 	f.Add(archive(f, samplearchive.Options{Engine: samplearchive.Containerd, DotSlash: true, MemoryBytes: 100}))
 	f.Add([]byte{})
 	f.Add(make([]byte, 1024))
+	for _, s := range hostiletar.Seeds(small) {
+		f.Add(s)
+	}
+	maxNames := (Limits{}).withDefaults().MaxListedNameBytes
 	f.Fuzz(func(t *testing.T, data []byte) {
-		info, err := parse(data)
+		var work parseWork
+		info, err := parseInto(onlyReader{bytes.NewReader(data)}, Limits{}, &work)
+		if work.contentBytes > int64(len(data)) {
+			t.Fatalf("read %d bytes of member content from %d bytes of input", work.contentBytes, len(data))
+		}
 		if err != nil {
 			return
+		}
+		kept := 0
+		for _, m := range info.Members {
+			kept += len(m.Name)
+		}
+		if kept > maxNames || len(info.Members) > info.MemberCount {
+			t.Fatalf("kept %d bytes of names in %d of %d members", kept, len(info.Members), info.MemberCount)
+		}
+		if info.CheckpointBytes+info.RootfsDiffBytes > int64(len(data)) {
+			t.Fatalf("sizes %d+%d exceed the %d bytes of input", info.CheckpointBytes, info.RootfsDiffBytes, len(data))
 		}
 		// Property: an accepted archive was read through its marker, and
 		// any prefix cut before the marker is refused.
@@ -284,8 +310,8 @@ func FuzzParse(f *testing.F) {
 				t.Fatal("a prefix without the full end marker was accepted")
 			}
 		}
-		if !validName(info.Identity.Namespace) || !validName(info.Identity.Pod) || !validName(info.Identity.Container) {
-			t.Fatalf("accepted identity %v", info.Identity)
+		if err := info.Identity.Check(); err != nil {
+			t.Fatalf("accepted identity %v: %v", info.Identity, err)
 		}
 	})
 }
@@ -313,7 +339,7 @@ func FuzzParseFilename(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if fn.Pod == "" || strings.Contains(fn.Pod, "_") || !strings.Contains(fn.NamespaceContainer, "-") || fn.Time.IsZero() {
+		if !k8sname.Pod.Valid(fn.Pod) || !splittable(fn.NamespaceContainer) || fn.Time.IsZero() {
 			t.Fatalf("ParseFilename(%q) = %+v", name, fn)
 		}
 	})

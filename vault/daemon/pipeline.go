@@ -135,8 +135,11 @@ func (d *Daemon) vault(ctx context.Context, it *item, snap admit.Snapshot) (resu
 	d.m.stage.WithLabelValues("admit").Observe(time.Since(start).Seconds())
 
 	t := time.Now()
-	pre, err := prescan(c.File, snap.Size)
+	pre, err := prescan(ctx, c.File, snap.Size)
 	d.m.stage.WithLabelValues("prescan").Observe(time.Since(t).Seconds())
+	if err != nil && ctx.Err() != nil {
+		return resBackoff, &failure{"prescan", err} // stopping: no verdict on the archive
+	}
 	if err != nil {
 		return d.reject(ctx, name, snap, admit.ReasonOf(err), err, nil)
 	}
