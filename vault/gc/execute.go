@@ -136,11 +136,15 @@ func deleteOne(ctx context.Context, st Store, opts *Options, a Action) (versions
 	if err != nil {
 		return 0, 0, err
 	}
-	if a.Limit == LimitUnfinished {
-		// The intent is already there; keep it (and its reason) as is.
-	} else if _, err := st.Put(ctx, ikey, bytes.NewReader(body), int64(len(body)), store.PutOptions{ContentType: "application/json"}); err != nil {
-		return 0, 0, fmt.Errorf("gc: %s: writing the intent %s: %w; nothing was deleted", a.Base, ikey, err)
-	}
+	intentVersion := a.intentVersion
+	if a.Limit != LimitUnfinished {
+		oi, err := st.Put(ctx, ikey, bytes.NewReader(body), int64(len(body)), store.PutOptions{ContentType: "application/json"})
+		if err != nil {
+			return 0, 0, fmt.Errorf("gc: %s: writing the intent %s: %w; nothing was deleted", a.Base, ikey, err)
+		}
+		intentVersion = oi.VersionID
+	} // else the intent is already there; keep it (and its reason) as is
+
 	opts.hook("intent-object")
 	intentRec := rec
 	intentRec.Detail = withPhase(rec.Detail, "intent")
@@ -174,7 +178,7 @@ func deleteOne(ctx context.Context, st Store, opts *Options, a Action) (versions
 		return versions, nbytes, fmt.Errorf("gc: %s: recording the deletion in the audit trail: %w (the intent %s stays; the next run records it)", a.Base, err, ikey)
 	}
 	opts.hook("outcome-record")
-	if err := removeAll(ctx, st, ikey); err != nil {
+	if err := st.DeleteVersion(ctx, ikey, intentVersion, store.DeleteOptions{}); err != nil {
 		return versions, nbytes, fmt.Errorf("gc: %s: removing the finished intent %s: %w", a.Base, ikey, err)
 	}
 	opts.hook("intent-removed")

@@ -187,6 +187,9 @@ type Action struct {
 	// Bypass is "governance" when a version goes only because governance
 	// retention is bypassed.
 	Bypass string `json:"bypass,omitempty"`
+
+	// intentVersion is the version of an unfinished action's intent.
+	intentVersion string
 }
 
 // Held is a due checkpoint or orphan that stays for now.
@@ -369,7 +372,7 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 				continue
 			}
 		}
-		a := Action{Base: in.Base, Policy: in.Policy, Limit: LimitUnfinished,
+		a := Action{Base: in.Base, Policy: in.Policy, Limit: LimitUnfinished, intentVersion: iv.VersionID,
 			Reason: fmt.Sprintf("finishing a deletion begun %s (%s: %s)", in.Time.UTC().Format(time.RFC3339), in.Limit, in.Reason)}
 		if g := groups[in.Base]; g != nil {
 			a.Versions = g.versions
