@@ -98,7 +98,9 @@ type Limits struct {
 	MaxNameBytes int
 }
 
-func (l Limits) withDefaults() Limits {
+// WithDefaults returns l with the default for every zero field: the
+// limits a reader actually applies.
+func (l Limits) WithDefaults() Limits {
 	if l.MaxDumpSize <= 0 {
 		l.MaxDumpSize = 1 << 20
 	}
@@ -145,7 +147,9 @@ type Member struct {
 	Name string `json:"name"`
 	Size int64  `json:"size"`
 	// Type is the tar type flag as a letter: "f" regular file, "d"
-	// directory, "l" symlink, "h" hard link, "o" other.
+	// directory — the only types an accepted archive has (CheckHeader);
+	// "l" symlink, "h" hard link and "o" other remain for readers of
+	// older listings.
 	Type string `json:"type"`
 }
 

@@ -71,13 +71,14 @@ func TestHostileMembers(t *testing.T) {
 		{"name of 4097 bytes", prefixed(t, hostiletar.LongPAXName("extra/", 4097)), ErrTooLarge, "4096-byte limit"},
 		{"name of 4096 bytes", prefixed(t, hostiletar.Member(&tar.Header{Name: long(4096), Typeflag: tar.TypeReg, Format: tar.FormatPAX}, []byte("x"))), nil, ""},
 		{"long link target", prefixed(t, hostiletar.Member(&tar.Header{Name: "extra/l", Linkname: long(5000), Typeflag: tar.TypeSymlink, Format: tar.FormatPAX}, nil)), ErrTooLarge, "links to"},
+		{"dump as a symlink", prefixed(t, hostiletar.Member(&tar.Header{Name: "spec.dump", Linkname: "/etc/shadow", Typeflag: tar.TypeSymlink}, nil)), ErrMemberType, "link"},
 		{"fifo", prefixed(t, hostiletar.Raw("extra/fifo", tar.TypeFifo, 0, nil)), ErrMemberType, "FIFO"},
 		{"char device", prefixed(t, hostiletar.Raw("extra/null", tar.TypeChar, 0, nil)), ErrMemberType, "device"},
 		{"block device", prefixed(t, hostiletar.Raw("extra/sda", tar.TypeBlock, 0, nil)), ErrMemberType, "device"},
 		{"global header", prefixed(t, hostiletar.Raw("pax_global_header", tar.TypeXGlobalHeader, 0, nil)), ErrMemberType, "'g'"},
 		{"contiguous file", prefixed(t, hostiletar.Raw("extra/c", tar.TypeCont, 3, []byte("abc"))), ErrMemberType, "'7'"},
-		{"symlink", prefixed(t, hostiletar.Raw("extra/sym", tar.TypeSymlink, 0, nil)), nil, ""},
-		{"hard link declaring 1 TiB", prefixed(t, hostiletar.Raw("extra/hard", tar.TypeLink, 1<<40, nil)), nil, ""},
+		{"symlink", prefixed(t, hostiletar.Raw("extra/sym", tar.TypeSymlink, 0, nil)), ErrMemberType, "link"},
+		{"hard link declaring 1 TiB", prefixed(t, hostiletar.Raw("extra/hard", tar.TypeLink, 1<<40, nil)), ErrMemberType, "link"},
 		{"regular declaring 1 TiB", prefixed(t, hostiletar.Raw("extra/big", tar.TypeReg, 1<<40, nil)), ErrTruncated, ""},
 		{"huge pax header", prefixed(t, hostiletar.PAX(hostiletar.Record("comment", strings.Repeat("c", 1<<20-100))),
 			hostiletar.Raw("extra/x", tar.TypeReg, 0, nil)), nil, ""},
@@ -125,7 +126,7 @@ func TestListedNamesBounded(t *testing.T) {
 	for _, m := range info.Members {
 		kept += len(m.Name)
 	}
-	if lim := (Limits{}).withDefaults().MaxListedNameBytes; kept > lim || work.listedBytes != kept {
+	if lim := (Limits{}).WithDefaults().MaxListedNameBytes; kept > lim || work.listedBytes != kept {
 		t.Errorf("kept %d bytes of names (counted %d), over the %d-byte bound", kept, work.listedBytes, lim)
 	}
 	if info.MemberCount < 2000 {

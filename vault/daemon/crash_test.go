@@ -23,6 +23,7 @@ import (
 	"github.com/checkpoint-vault/ckvault/internal/testvault"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
+	"github.com/checkpoint-vault/ckvault/vault/shred"
 	"github.com/checkpoint-vault/ckvault/vault/store"
 	"github.com/checkpoint-vault/ckvault/vault/store/storetest"
 	"github.com/checkpoint-vault/ckvault/vault/watch"
@@ -34,9 +35,9 @@ const childEnv = "CKVAULT_TEST_DAEMON_CONFIG"
 
 // crashAtEnv names the crash point (see testHookStage) at which the child
 // SIGKILLs itself, optionally with "+overwrite" or "+truncate": at
-// shredding/intent-audited the child first does part of the shred's work
-// (half the random overwrite, or all of it and the truncate), as a crash
-// inside shred.Shred would leave the file. crashLogEnv is a file the child
+// shredding/claimed the child first does part of the shred's work on the
+// debris (half the random overwrite, or all of it and the truncate), as a
+// crash inside shred's Destroy would leave the file. crashLogEnv is a file the child
 // appends "point name" to before it dies, so the parent counts the hits.
 const (
 	crashAtEnv  = "CKVAULT_TEST_CRASH_AT"
@@ -46,13 +47,13 @@ const (
 )
 
 // crashSpecs is every crash point of the pipeline (crashPoints), and at
-// shredding/intent-audited also the two ways a crash inside the overwrite
-// leaves the file.
+// shredding/claimed also the two ways a crash inside the overwrite leaves
+// the file.
 func crashSpecs() []crashPoint {
 	var out []crashPoint
 	for _, cp := range crashPoints {
 		out = append(out, cp)
-		if cp.name == "shredding/intent-audited" {
+		if cp.name == ptShredClaimed {
 			out = append(out, crashPoint{name: cp.name + "+overwrite"}, crashPoint{name: cp.name + "+truncate"})
 		}
 	}
@@ -72,6 +73,9 @@ func installCrashHook(dir string) {
 		}
 		mu.Lock() // one worker dies here; the other waits for the kill
 		path := filepath.Join(dir, p.Name)
+		if point == ptShredClaimed {
+			path = filepath.Join(dir, debrisOf(p))
+		}
 		switch damage {
 		case "overwrite", "truncate":
 			f, err := os.OpenFile(path, os.O_WRONLY, 0)
@@ -351,7 +355,7 @@ func testCrashAnywhere(t *testing.T, e *env, locked bool, iterations int) {
 	ents, err := os.ReadDir(e.ckDir)
 	must(t, err)
 	for _, de := range ents {
-		if strings.HasPrefix(de.Name(), shredDebrisPrefix) {
+		if shred.IsDebris(de.Name()) {
 			t.Errorf("shred debris left behind: %s", de.Name())
 		}
 	}

@@ -50,7 +50,7 @@ var crashPoints = func() []crashPoint {
 	}
 	pts = append(pts, []crashPoint{{name: ptUploaded}, {name: ptUploadedAudited}, {name: ptProvenAudited},
 		{name: ptProven}, {name: "proven/pinned-audited", pinned: true}, {name: "pinned", pinned: true},
-		{name: "shredding"}, {name: "shredding/intent-audited"}, {name: "shredding/destroyed"},
+		{name: "shredding"}, {name: "shredding/intent-audited"}, {name: ptShredClaimed}, {name: "shredding/destroyed"},
 		{name: "shredding/done-audited"}, {name: "shredded"}}...)
 	return pts
 }()

@@ -54,9 +54,12 @@ func fail(reason string, format string, args ...any) *failure {
 // process makes one attempt at the archive called name, resuming from its
 // recorded stage.
 func (d *Daemon) process(ctx context.Context, it *item) (result, error) {
-	snap, err := admit.Stat(d.dir, it.name)
+	snap, err := admit.Stat(it.dir, it.name)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || admit.ReasonOf(err) == admit.ReasonVanished {
+			if err := d.settleName(ctx, it.dir, it.name, nil); err != nil {
+				return resBackoff, err
+			}
 			return resDone, nil
 		}
 		return resBackoff, fail("stat", "stat %s: %w", it.name, err)
@@ -96,12 +99,8 @@ func (d *Daemon) process(ctx context.Context, it *item) (result, error) {
 		p = nil
 	}
 	if p == nil {
-		prev, err := d.state.interruptedShred(it.name, snap.Dev, snap.Ino)
-		if err != nil {
-			return resBackoff, &failure{"state-db", err}
-		}
-		if prev != nil && snap.Size <= prev.Size {
-			return d.resumeShred(ctx, it, prev, snap)
+		if err := d.settleName(ctx, it.dir, it.name, &snap); err != nil {
+			return resBackoff, err
 		}
 	}
 	return d.vault(ctx, it, snap)

@@ -28,13 +28,6 @@ import (
 // the pre-scan's (a hostile archive with two spec.dump members, say), the
 // uploaded ciphertext is deleted and the archive is rejected.
 
-// maxMembers bounds the header walk, as checkpoint.Limits' default does.
-const maxMembers = 1_000_000
-
-// prescanDumpLimit bounds config.dump and spec.dump, as checkpoint.Limits'
-// default does.
-const prescanDumpLimit = 1 << 20
-
 // prescan reads the identity of the archive in r (size bytes) from its tar
 // headers and dump members. Errors wrap the checkpoint package's sentinels,
 // so admit.ReasonOf classifies them; an error for which ctx.Err() is set is
@@ -46,7 +39,7 @@ const prescanDumpLimit = 1 << 20
 // seeked over, and only the two dumps are read, within the dump limit. Each
 // read checks ctx, so a stop interrupts even a walk of a million headers.
 func prescan(ctx context.Context, r io.ReaderAt, size int64) (*checkpoint.Info, error) {
-	lim := checkpoint.Limits{} // the inspector's defaults: one rule for both readers
+	lim := checkpoint.Limits{}.WithDefaults() // the inspector's limits: one rule for both readers
 	sr := io.NewSectionReader(&ctxReaderAt{ctx: ctx, r: r}, 0, size)
 	tr := tar.NewReader(sr)
 	var config, spec []byte
@@ -73,8 +66,8 @@ func prescan(ctx context.Context, r io.ReaderAt, size int64) (*checkpoint.Info, 
 			}
 			return nil, fmt.Errorf("%w: %v", checkpoint.ErrNotTar, err)
 		}
-		if members >= maxMembers {
-			return nil, fmt.Errorf("%w: more than %d members", checkpoint.ErrTooLarge, maxMembers)
+		if members >= lim.MaxMembers {
+			return nil, fmt.Errorf("%w: more than %d members", checkpoint.ErrTooLarge, lim.MaxMembers)
 		}
 		dataSize, err := checkpoint.CheckHeader(h, lim)
 		if err != nil {
@@ -92,13 +85,13 @@ func prescan(ctx context.Context, r io.ReaderAt, size int64) (*checkpoint.Info, 
 			if h.Typeflag != tar.TypeReg {
 				return nil, fmt.Errorf("%w: %s is not a regular file", checkpoint.ErrNotCheckpoint, name)
 			}
-			if h.Size > prescanDumpLimit {
+			if h.Size > lim.MaxDumpSize {
 				return nil, fmt.Errorf("%w: %s is %d bytes", checkpoint.ErrTooLarge, name, h.Size)
 			}
 			if (name == checkpoint.ConfigDumpFile && config != nil) || (name == checkpoint.SpecDumpFile && spec != nil) {
 				return nil, fmt.Errorf("%w: %s appears twice", checkpoint.ErrNotCheckpoint, name)
 			}
-			b, err := io.ReadAll(io.LimitReader(tr, prescanDumpLimit))
+			b, err := io.ReadAll(io.LimitReader(tr, lim.MaxDumpSize))
 			if err != nil {
 				if cerr := context.Cause(ctx); cerr != nil {
 					return nil, fmt.Errorf("pre-scan stopped: %w", cerr)

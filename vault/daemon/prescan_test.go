@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/checkpoint-vault/ckvault/internal/hostiletar"
@@ -62,7 +63,9 @@ func TestPrescanHostile(t *testing.T) {
 		{"1 MB pax name", pre(hostiletar.LongPAXName("extra/", 1_000_000)), admit.ReasonNotACheckpoint},
 		{"fifo", pre(hostiletar.Raw("extra/fifo", tar.TypeFifo, 0, nil)), admit.ReasonNotACheckpoint},
 		{"declares 1 TiB", pre(hostiletar.Raw("extra/big", tar.TypeReg, 1<<40, nil)), admit.ReasonTruncated},
-		{"symlink", pre(hostiletar.Raw("extra/sym", tar.TypeSymlink, 0, nil)), ""},
+		{"symlink", pre(hostiletar.Raw("extra/sym", tar.TypeSymlink, 0, nil)), admit.ReasonNotACheckpoint},
+		{"huge pax header", pre(hostiletar.PAX(hostiletar.Record("comment", strings.Repeat("c", 1<<20-100))),
+			hostiletar.Raw("extra/x", tar.TypeReg, 0, nil)), ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := prescan(context.Background(), bytes.NewReader(tt.b), int64(len(tt.b)))

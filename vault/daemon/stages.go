@@ -92,7 +92,7 @@ func (d *Daemon) admitStage(ctx context.Context, j *job) (result, error) {
 		d.record(ctx, audit.Record{Action: "detected", Subject: name, Outcome: audit.OK,
 			Detail: map[string]string{"size": strconv.FormatInt(j.snap.Size, 10), "inode": strconv.FormatUint(j.snap.Ino, 10)}})
 	}
-	c, err := admit.Open(d.dir, name, d.owner, j.snap.Ino)
+	c, err := admit.Open(j.it.dir, name, d.owner, j.snap.Ino)
 	if err != nil {
 		r := admit.ReasonOf(err)
 		if r.Transient() {
