@@ -31,7 +31,8 @@ import (
 // prescan reads the identity of the archive in r (size bytes) from its tar
 // headers and dump members. Errors wrap the checkpoint package's sentinels,
 // so admit.ReasonOf classifies them; an error for which ctx.Err() is set is
-// a cancellation, not a verdict on the archive.
+// a cancellation and one that admit.ReasonOf calls ReasonIO a read error of
+// the file: neither is a verdict on the archive.
 //
 // The work is bounded by the archive's size on disk: every header passes
 // checkpoint.CheckHeader (the same member rules and limits as the one pass:
@@ -40,7 +41,8 @@ import (
 // read checks ctx, so a stop interrupts even a walk of a million headers.
 func prescan(ctx context.Context, r io.ReaderAt, size int64) (*checkpoint.Info, error) {
 	lim := checkpoint.Limits{}.WithDefaults() // the inspector's limits: one rule for both readers
-	sr := io.NewSectionReader(&ctxReaderAt{ctx: ctx, r: r}, 0, size)
+	ra := &guardedReaderAt{ctx: ctx, r: r}
+	sr := io.NewSectionReader(ra, 0, size)
 	tr := tar.NewReader(sr)
 	var config, spec []byte
 	haveCheckpointDir := false
@@ -58,8 +60,8 @@ func prescan(ctx context.Context, r io.ReaderAt, size int64) (*checkpoint.Info, 
 			break
 		}
 		if err != nil {
-			if cerr := context.Cause(ctx); cerr != nil {
-				return nil, fmt.Errorf("pre-scan stopped: %w", cerr)
+			if ra.err != nil {
+				return nil, ra.failed()
 			}
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				return nil, fmt.Errorf("%w: %v", checkpoint.ErrTruncated, err)
@@ -93,8 +95,8 @@ func prescan(ctx context.Context, r io.ReaderAt, size int64) (*checkpoint.Info, 
 			}
 			b, err := io.ReadAll(io.LimitReader(tr, lim.MaxDumpSize))
 			if err != nil {
-				if cerr := context.Cause(ctx); cerr != nil {
-					return nil, fmt.Errorf("pre-scan stopped: %w", cerr)
+				if ra.err != nil {
+					return nil, ra.failed()
 				}
 				return nil, fmt.Errorf("%w: reading %s: %v", checkpoint.ErrTruncated, name, err)
 			}
@@ -129,17 +131,34 @@ func prescan(ctx context.Context, r io.ReaderAt, size int64) (*checkpoint.Info, 
 	return checkpoint.Parse(&mini, checkpoint.Limits{})
 }
 
-// ctxReaderAt fails every read once ctx is done.
-type ctxReaderAt struct {
+// guardedReaderAt fails every read once ctx is done, and remembers the
+// first failure of the file or the context, so that neither is mistaken
+// for a verdict on the archive's bytes.
+type guardedReaderAt struct {
 	ctx context.Context
 	r   io.ReaderAt
+	err error
 }
 
-func (c *ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if err := context.Cause(c.ctx); err != nil {
+func (g *guardedReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if err := context.Cause(g.ctx); err != nil {
+		g.err = err
 		return 0, err
 	}
-	return c.r.ReadAt(p, off)
+	n, err := g.r.ReadAt(p, off)
+	if err != nil && err != io.EOF && g.err == nil {
+		g.err = fmt.Errorf("at byte %d: %w", off, err)
+	}
+	return n, err
+}
+
+// failed is the error for a pre-scan that stopped on g.err: a
+// cancellation, or a read error (admit.ReasonIO, worth a retry).
+func (g *guardedReaderAt) failed() error {
+	if cerr := context.Cause(g.ctx); cerr != nil {
+		return fmt.Errorf("pre-scan stopped: %w", cerr)
+	}
+	return fmt.Errorf("pre-scan: reading the archive %w", g.err)
 }
 
 // checkEndMarker requires two zero blocks at pos.

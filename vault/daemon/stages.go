@@ -110,8 +110,8 @@ func (d *Daemon) admitStage(ctx context.Context, j *job) (result, error) {
 	t := time.Now()
 	pre, err := prescan(ctx, c.File, j.snap.Size)
 	d.m.stage.WithLabelValues("prescan").Observe(time.Since(t).Seconds())
-	if err != nil && ctx.Err() != nil {
-		return resBackoff, &failure{"prescan", err} // stopping: no verdict on the archive
+	if err != nil && (ctx.Err() != nil || admit.ReasonOf(err) == admit.ReasonIO) {
+		return resBackoff, &failure{"prescan", err} // stopping, or the disk failed: no verdict on the archive
 	}
 	if err != nil {
 		return d.reject(ctx, name, j.snap, admit.ReasonOf(err), err, nil)
