@@ -216,3 +216,20 @@ func FuzzJSON(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkString: the cost per table cell, for a typical clean key (the
+// common case, no allocation) and a hostile one.
+func BenchmarkString(b *testing.B) {
+	for _, c := range []struct{ name, s string }{
+		{"clean", "payments/api-0/server/20260313T214306Z-node-a-3f9c0a1b2c3d.tar.age"},
+		{"hostile", "payments/\x1b[2K\rFORGED\u2028row\u009b2J\u202e/server/x.tar.age"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(int64(len(c.s)))
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = String(c.s)
+			}
+		})
+	}
+}
