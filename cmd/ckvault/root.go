@@ -42,6 +42,7 @@ Start with:  ckvault dev --demo`,
 		newGCCommand(),
 		newPinCommand(),
 		newUnpinCommand(),
+		newRestoreCommand(),
 	)
 	return root
 }

@@ -115,14 +115,21 @@ func mustReadFile(t testing.TB, p string) []byte {
 // usePlainKey replaces the keygen signing key with an unencrypted PKCS#8
 // one (no scrypt at all), for comparison.
 func (n *benchNode) usePlainKey(b *testing.B) {
+	writePlainSigningKey(b, &env{dir: n.keys})
+}
+
+// writePlainSigningKey gives an in-process test env an unencrypted PKCS#8
+// signing key: no scrypt at start, so what a benchmark measures is the
+// pipeline alone.
+func writePlainSigningKey(t testing.TB, e *env) {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(b, err)
+	must(t, err)
 	der, err := x509.MarshalPKCS8PrivateKey(k)
-	must(b, err)
+	must(t, err)
 	pub, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
-	must(b, err)
-	must(b, os.WriteFile(filepath.Join(n.keys, "signing.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600))
-	must(b, os.WriteFile(filepath.Join(n.keys, "signing.pub"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644))
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(e.dir, "signing.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600))
+	must(t, os.WriteFile(filepath.Join(e.dir, "signing.pub"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644))
 }
 
 // daemonProc is a running `ckvault daemon`.

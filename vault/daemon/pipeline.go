@@ -59,9 +59,12 @@ func fail(reason string, format string, args ...any) *failure {
 // process makes one attempt at the archive called name, resuming from its
 // recorded stage.
 func (d *Daemon) process(ctx context.Context, it *item) (result, error) {
-	snap, err := admit.Stat(d.dir, it.name)
+	snap, err := admit.Stat(it.dir, it.name)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || admit.ReasonOf(err) == admit.ReasonVanished {
+			if err := d.settleName(ctx, it.dir, it.name, nil); err != nil {
+				return resBackoff, err
+			}
 			return resDone, nil
 		}
 		return resBackoff, fail("stat", "stat %s: %w", it.name, err)
@@ -90,12 +93,8 @@ func (d *Daemon) process(ctx context.Context, it *item) (result, error) {
 		}
 	}
 	if p == nil {
-		prev, err := d.state.interruptedShred(it.name, snap.Dev, snap.Ino)
-		if err != nil {
-			return resBackoff, &failure{"state-db", err}
-		}
-		if prev != nil && snap.Size <= prev.Size {
-			return d.resumeShred(ctx, it, prev, snap)
+		if err := d.settleName(ctx, it.dir, it.name, &snap); err != nil {
+			return resBackoff, err
 		}
 	}
 	return d.vault(ctx, it, snap)
@@ -111,7 +110,7 @@ func (d *Daemon) vault(ctx context.Context, it *item, snap admit.Snapshot) (resu
 		d.record(ctx, audit.Record{Action: "detected", Subject: name, Outcome: audit.OK,
 			Detail: map[string]string{"size": strconv.FormatInt(snap.Size, 10), "inode": strconv.FormatUint(snap.Ino, 10)}})
 	}
-	c, err := admit.Open(d.dir, name, d.owner, snap.Ino)
+	c, err := admit.Open(it.dir, name, d.owner, snap.Ino)
 	if err != nil {
 		r := admit.ReasonOf(err)
 		if r.Transient() {
@@ -135,8 +134,11 @@ func (d *Daemon) vault(ctx context.Context, it *item, snap admit.Snapshot) (resu
 	d.m.stage.WithLabelValues("admit").Observe(time.Since(start).Seconds())
 
 	t := time.Now()
-	pre, err := prescan(c.File, snap.Size)
+	pre, err := prescan(ctx, c.File, snap.Size)
 	d.m.stage.WithLabelValues("prescan").Observe(time.Since(t).Seconds())
+	if err != nil && (ctx.Err() != nil || admit.ReasonOf(err) == admit.ReasonIO) {
+		return resBackoff, &failure{"prescan", err} // stopping, or the disk failed: no verdict on the archive
+	}
 	if err != nil {
 		return d.reject(ctx, name, snap, admit.ReasonOf(err), err, nil)
 	}

@@ -29,6 +29,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(runChild())
 	}
+	if os.Getenv(benchChildEnv) != "" {
+		os.Exit(runBenchChild())
+	}
 	os.Exit(testservers.Main(m))
 }
 
