@@ -16,6 +16,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 )
 
 // HeadSigner signs the digest of a log head. The node's signing key (a
@@ -184,8 +186,8 @@ func Open(path string, opts Options) (*Log, error) {
 	if opts.Node == "" {
 		return nil, errors.New("audit: Options.Node is required (the node name recorded in every entry)")
 	}
-	if !validNode(opts.Node) {
-		return nil, fmt.Errorf("audit: node name %q must be 1-253 letters, digits, '.', '-' or '_' (a Kubernetes node name)", opts.Node)
+	if err := k8sname.Node.Check(opts.Node); err != nil {
+		return nil, fmt.Errorf("audit: %w (the node name is part of every record and of the export's object keys)", err)
 	}
 	if opts.SignEvery <= 0 {
 		opts.SignEvery = 1000
@@ -323,7 +325,11 @@ func (l *Log) Append(ctx context.Context, rec Record) (uint64, error) {
 		return 0, fmt.Errorf("%w: %w", ErrNotRecorded, ErrReadOnly)
 	}
 	rec.Node = l.opts.Node
-	if err := rec.validate(); err != nil {
+	err := rec.validate()
+	if err == nil {
+		err = CheckIdentity(rec.Namespace, rec.Pod, rec.Container)
+	}
+	if err != nil {
 		return 0, fmt.Errorf("%w: action %q: %v", ErrNotRecorded, rec.Action, err)
 	}
 	if len(rec.Detail) > 0 { // the caller keeps its map; we keep a copy
@@ -683,17 +689,4 @@ func (l *Log) Last() (seq, signed uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.tip.seq, l.headSeq
-}
-
-// validNode keeps node names usable as one segment of a store key.
-func validNode(n string) bool {
-	if n == "" || len(n) > 253 || n == "." || n == ".." {
-		return false
-	}
-	for _, c := range n {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	return true
 }

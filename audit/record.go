@@ -9,6 +9,8 @@ import (
 	"sort"
 	"time"
 	"unicode/utf8"
+
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 )
 
 // Outcome is how an audited action ended.
@@ -125,6 +127,30 @@ func (r *Record) validate() error {
 		}
 		if err := checkField("detail "+k, v); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// CheckIdentity holds a new record's identity to the Kubernetes name rules
+// the rest of checkpoint-vault applies (internal/k8sname); an empty field
+// means "none". The trail is indexed and queried by these fields, and an
+// identity that could not name an object has no business in it as if it
+// did. Append applies it, and so does the local socket before it forwards
+// a client's record. Records already written (and exported) are not held
+// to it: they stay readable and verifiable under the rules they were
+// written with (which let a node name have upper case and '_'; a log's
+// node is checked when it is opened for writing).
+func CheckIdentity(namespace, pod, container string) error {
+	for _, f := range []struct {
+		kind k8sname.Kind
+		v    string
+	}{{k8sname.Namespace, namespace}, {k8sname.Pod, pod}, {k8sname.Container, container}} {
+		if f.v == "" {
+			continue
+		}
+		if err := f.kind.Check(f.v); err != nil {
+			return fmt.Errorf("record %s: %w", f.kind, err)
 		}
 	}
 	return nil

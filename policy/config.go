@@ -34,6 +34,9 @@ type Config struct {
 
 	Daemon DaemonConfig `yaml:"daemon"`
 	Audit  AuditConfig  `yaml:"audit"`
+
+	// Retention is applied by `ckvault gc` (retention.go).
+	Retention *RetentionConfig `yaml:"retention"`
 }
 
 // StoreConfig locates the object store.

@@ -15,6 +15,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 )
 
 // MaxConfigSize bounds the configuration file; anything larger is not a
@@ -118,8 +120,11 @@ func Parse(data []byte, name, baseDir string) (*Config, error) {
 		return nil, &Error{File: name, Line: line, Msg: "a second YAML document follows the first (a stray \"---\"?); keep the whole configuration in one document"}
 	}
 
-	cfg.resolvePaths(baseDir)
 	v := validator{file: name, root: &root}
+	if lineOf(&root, "node") == 0 {
+		cfg.Node, v.nodeFrom = defaultNode()
+	}
+	cfg.resolvePaths(baseDir)
 	cfg.validate(&v)
 	if len(v.errs) > 0 {
 		return nil, errors.Join(v.errs...)
@@ -132,13 +137,30 @@ func Parse(data []byte, name, baseDir string) (*Config, error) {
 // the pod's, not the node's).
 const NodeEnv = "CKVAULT_NODE"
 
-func defaults() *Config {
-	node := os.Getenv(NodeEnv)
-	if node == "" {
-		node, _ = os.Hostname()
+// hostname is os.Hostname; tests replace it.
+var hostname = os.Hostname
+
+// defaultNode is the node name when the file has no node key, and where it
+// came from (for messages). $CKVAULT_NODE is taken as written: the
+// DaemonSet sets it from spec.nodeName. A host name is lower-cased and
+// trimmed exactly as the kubelet does when it derives its own node name, so
+// "Worker-1" becomes the "worker-1" Kubernetes knows; anything else that
+// is not a valid node name is refused by validation, never rewritten.
+func defaultNode() (node, from string) {
+	if n := os.Getenv(NodeEnv); n != "" {
+		return n, "$" + NodeEnv
 	}
+	h, err := hostname()
+	if err != nil || strings.TrimSpace(h) == "" {
+		return "", "the host name"
+	}
+	return k8sname.FromHostname(h), fmt.Sprintf("the host name %q, lower-cased as the kubelet does", h)
+}
+
+// defaults returns a Config with every default but the node name, which
+// depends on whether the file has one (see defaultNode).
+func defaults() *Config {
 	return &Config{
-		Node:           node,
 		CheckpointsDir: DefaultCheckpointsDir,
 		StateDir:       DefaultStateDir,
 		Store:          StoreConfig{PathStyle: DefaultPathStyle},

@@ -44,8 +44,54 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if host, _ := os.Hostname(); cfg.Node != host {
-		t.Errorf("node = %q, want the host name %q", cfg.Node, host)
+	if host, _ := os.Hostname(); cfg.Node != strings.ToLower(host) {
+		t.Errorf("node = %q, want the host name %q lower-cased", cfg.Node, host)
+	}
+}
+
+// TestNodeDefault: without a node key the node is $CKVAULT_NODE as
+// written, else the host name lower-cased as the kubelet does; a default
+// the object layout cannot hold is refused at load, naming the key and
+// the fix, instead of failing every archive later.
+func TestNodeDefault(t *testing.T) {
+	noNode := strings.Replace(minimal, "node: node-a\n", "", 1)
+	for _, tt := range []struct {
+		env, host string
+		hostErr   error
+		node      string   // want this node name, or
+		errs      []string // these in the error
+	}{
+		{host: "worker-1", node: "worker-1"},
+		{host: "Worker-1.Example.COM", node: "worker-1.example.com"},
+		{host: "Worker_1", errs: []string{"c.yaml: node: is not set", `the host name "Worker_1"`, `invalid node name "worker_1"`, "kubectl get nodes", "e.g. node: worker-1"}},
+		{hostErr: errors.New("no uts"), errs: []string{"node: is not set and the host name is unknown", "set node:"}},
+		{env: "node-from-env", host: "Worker_1", node: "node-from-env"},
+		{env: "Node-From-Env", host: "worker-1", errs: []string{"$CKVAULT_NODE", `invalid node name "Node-From-Env"`, "e.g. node: node-from-env"}},
+	} {
+		t.Setenv(NodeEnv, tt.env)
+		hostname = func() (string, error) { return tt.host, tt.hostErr }
+		cfg, err := Parse([]byte(noNode), "c.yaml", "/etc/ckvault")
+		hostname = os.Hostname
+		if tt.errs == nil {
+			if err != nil || cfg.Node != tt.node {
+				t.Errorf("env %q host %q: node %v, error %v; want node %q", tt.env, tt.host, cfg, err, tt.node)
+			}
+			continue
+		}
+		if err == nil {
+			t.Errorf("env %q host %q: accepted node %q", tt.env, tt.host, cfg.Node)
+			continue
+		}
+		for _, w := range tt.errs {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("env %q host %q: error %q lacks %q", tt.env, tt.host, err, w)
+			}
+		}
+	}
+	// A node in the file is taken as written: never lower-cased.
+	t.Setenv(NodeEnv, "")
+	if _, err := Parse([]byte(strings.Replace(minimal, "node-a", "Node-A", 1)), "c.yaml", "/etc/ckvault"); err == nil {
+		t.Error("node: Node-A in the file was accepted (it must be refused, not lower-cased)")
 	}
 }
 
@@ -114,7 +160,9 @@ func TestErrors(t *testing.T) {
 		{"wrong type", with("daemon: {workers: many}\n"), []string{"c.yaml:7", "daemon.workers", "wrong type"}},
 		{"second document", with("---\nnode: b\n"), []string{"second YAML document"}},
 		{"empty second document", with("---\n"), []string{"second YAML document"}},
-		{"bad node", replace("node-a", "node/a"), []string{"c.yaml:1", "node", "not a valid node name"}},
+		{"bad node", replace("node-a", "node/a"), []string{"c.yaml:1", "node", `invalid node name "node/a"`}},
+		{"node with capitals", replace("node-a", "Worker_1"), []string{"c.yaml:1", "node:", `invalid node name "Worker_1"`, "upper-case 'W'", "e.g. node: worker-1"}},
+		{"node with underscore", replace("node-a", "worker_1"), []string{"c.yaml:1", "node:", "'_' at offset 6", "e.g. node: worker-1"}},
 		{"empty node", replace("node-a", `""`), []string{"node", "is empty"}},
 		{"relative ok but root", with("checkpointsDir: /\n"), []string{"checkpointsDir", "root directory"}},
 		{"empty dir", with("stateDir: \"\"\n"), []string{"stateDir", "is empty"}},
@@ -265,9 +313,21 @@ func TestExample(t *testing.T) {
 		if len(parts) >= 2 && parts[0] == "namespaces" {
 			parts[1] = "*"
 		}
+		if len(parts) >= 3 && parts[0] == "retention" && parts[1] != "global" {
+			parts[2] = "*" // retention.pods.<ns/pod>.key → retention.pods.*.key
+		}
 		present[strings.Join(parts, ".")] = true
 		return true
 	})
+	// The limits are documented once, under retention.global; the other
+	// scopes take the same keys.
+	for k := range present {
+		if lim, ok := strings.CutPrefix(k, "retention.global."); ok {
+			for _, scope := range []string{"namespaces", "pods", "containers"} {
+				present["retention."+scope+".*."+lim] = true
+			}
+		}
+	}
 	for _, k := range allKeys(reflect.TypeOf(Config{}), "") {
 		if !present[k] {
 			t.Errorf("deploy/ckvault.example.yaml does not document %s", k)
@@ -340,7 +400,7 @@ func FuzzParse(f *testing.F) {
 // TestDaemonSetConfig loads the configuration embedded in the DaemonSet's
 // ConfigMap, as the pod would see it.
 func TestDaemonSetConfig(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join("..", "deploy", "kubernetes", "daemonset.yaml"))
+	data, err := os.ReadFile(filepath.Join("..", "deploy", "kubernetes", "components", "node", "node.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,8 @@ import (
 	"unicode"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 )
 
 // validator collects every problem with a decoded Config, each tagged with
@@ -20,7 +22,10 @@ import (
 type validator struct {
 	file string
 	root *yaml.Node
-	errs []error
+	// nodeFrom says where a defaulted node name came from; "" when the
+	// file sets node.
+	nodeFrom string
+	errs     []error
 }
 
 func (v *validator) add(key, format string, args ...any) {
@@ -77,20 +82,12 @@ func (c *Config) resolvePaths(baseDir string) {
 }
 
 var (
-	// nodeRE: the node name appears in object keys and audit records.
-	nodeRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$`)
-	// namespaceRE is a Kubernetes namespace name (RFC 1123 label).
-	namespaceRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	// bucketRE is an S3 bucket name.
 	bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
 )
 
 func (c *Config) validate(v *validator) {
-	if c.Node == "" {
-		v.add("node", "is empty and the host name is unknown; set node: to this node's name")
-	} else if !nodeRE.MatchString(c.Node) {
-		v.add("node", "%q is not a valid node name; use letters, digits, '.', '-' and '_' (as in a Kubernetes node name)", c.Node)
-	}
+	c.validateNode(v)
 	checkDir(v, "checkpointsDir", c.CheckpointsDir)
 	checkDir(v, "stateDir", c.StateDir)
 	if c.CheckpointsDir != "" && c.StateDir != "" && filepath.Clean(c.CheckpointsDir) == filepath.Clean(c.StateDir) {
@@ -112,8 +109,8 @@ func (c *Config) validate(v *validator) {
 	for _, ns := range nss {
 		p := c.Namespaces[ns]
 		key := "namespaces." + ns
-		if !namespaceRE.MatchString(ns) {
-			v.add(key, "%q is not a Kubernetes namespace name (lower-case letters, digits and '-', at most 63)", ns)
+		if err := k8sname.Namespace.Check(ns); err != nil {
+			v.add(key, "%v; a key under namespaces: is a namespace name exactly as Kubernetes spells it", err)
 		}
 		checkRecipients(v, key+".recipients", p.Recipients)
 		checkPath(v, key+".recipientsFile", p.RecipientsFile)
@@ -134,6 +131,33 @@ func (c *Config) validate(v *validator) {
 
 	c.Daemon.validate(v)
 	c.Audit.validate(v)
+	c.Retention.validate(v)
+}
+
+// validateNode refuses a node name the object layout cannot hold. The name
+// is a segment of every object key and is in every manifest and audit
+// record, so a name Kubernetes would refuse (upper case, '_') is refused
+// here, at start, rather than making every archive fail later.
+func (c *Config) validateNode(v *validator) {
+	fix := "set node: to this node's name as Kubernetes knows it (kubectl get nodes)"
+	if s := k8sname.Suggest(k8sname.Node, c.Node); s != "" && s != c.Node {
+		fix += ", e.g. node: " + s
+	}
+	switch {
+	case c.Node == "" && v.nodeFrom == "":
+		v.add("node", "is empty; %s", fix)
+	case c.Node == "":
+		v.add("node", "is not set and %s is unknown; %s", v.nodeFrom, fix)
+	default:
+		err := k8sname.Node.Check(c.Node)
+		switch {
+		case err == nil:
+		case v.nodeFrom == "":
+			v.add("node", "%v; %s", err, fix)
+		default:
+			v.add("node", "is not set, and its default (%s) is not usable: %v; %s", v.nodeFrom, err, fix)
+		}
+	}
 }
 
 func checkDir(v *validator, key, p string) {

@@ -203,6 +203,8 @@ func TestAppendRejectsMalformed(t *testing.T) {
 		{"client sets clientActor", `{"action":"listed","subject":"s","outcome":"ok","detail":{"clientActor":"root"}}`, 400},
 		{"client sets clientPid", `{"action":"listed","subject":"s","outcome":"ok","detail":{"clientPid":"1"}}`, 400},
 		{"empty detail key", `{"action":"listed","subject":"s","outcome":"ok","detail":{"":"v"}}`, 400},
+		{"namespace not a Kubernetes name", `{"action":"listed","subject":"s","outcome":"ok","namespace":"Team_A"}`, 400},
+		{"pod with a control character", `{"action":"listed","subject":"s","outcome":"ok","pod":"a\u001b[2Kb"}`, 400},
 		{"long subject", `{"action":"listed","subject":"` + long + `","outcome":"ok"}`, 400},
 		{"long actor", `{"actor":"` + long + `","action":"listed","subject":"s","outcome":"ok"}`, 400},
 		{"long detail", `{"action":"listed","subject":"s","outcome":"ok","detail":{"k":"` + long + `"}}`, 400},
@@ -226,7 +228,8 @@ func TestAppendRejectsMalformed(t *testing.T) {
 		big[fmt.Sprintf("%04d", i)+strings.Repeat("k", audit.MaxFieldLen-4)] = strings.Repeat("v", audit.MaxFieldLen)
 	}
 	f := strings.Repeat("f", audit.MaxFieldLen)
-	if _, err := s.c.Append(context.Background(), audit.Record{Actor: f, Action: "inspected", Subject: f, Namespace: f, Pod: f, Container: f, Outcome: audit.Error, Detail: big}); err != nil {
+	ns, pod, ctr := strings.Repeat("n", 63), strings.Repeat("p", 253), strings.Repeat("c", 63) // the longest Kubernetes names
+	if _, err := s.c.Append(context.Background(), audit.Record{Actor: f, Action: "inspected", Subject: f, Namespace: ns, Pod: pod, Container: ctr, Outcome: audit.Error, Detail: big}); err != nil {
 		t.Fatalf("largest record: %v", err)
 	}
 }

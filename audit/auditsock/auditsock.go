@@ -214,7 +214,9 @@ const MaxAppendBody = 128 << 10
 // AppendActions are the actions a client may append: what the responder
 // commands (vault/responder) record. "denied" is a responder's refusal of
 // an object that failed a check.
-var AppendActions = []string{"listed", "verified", "fetched", "inspected", "denied"}
+// "gc", "deleted", "pinned" and "unpinned" are retention's (vault/gc),
+// run by root on a node as `ckvault gc` / `ckvault pin`.
+var AppendActions = []string{"listed", "verified", "fetched", "inspected", "denied", "gc", "deleted", "pinned", "unpinned"}
 
 // Detail keys the daemon sets on appended records; a client may not.
 const (
@@ -266,6 +268,9 @@ func (q *appendRequest) check() error {
 		if len(f.v) > audit.MaxFieldLen {
 			return fmt.Errorf("%s is %d bytes, at most %d allowed", f.name, len(f.v), audit.MaxFieldLen)
 		}
+	}
+	if err := audit.CheckIdentity(q.Namespace, q.Pod, q.Container); err != nil {
+		return err
 	}
 	// Two entries are the daemon's.
 	if len(q.Detail) > audit.MaxDetailKeys-2 {

@@ -14,7 +14,8 @@ import (
 
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/crypto/envelope"
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
+	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/vault/responder"
 	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
 )
@@ -67,8 +68,8 @@ func runDemo(ctx context.Context, w io.Writer, h *devHandle) error {
 
 	// 1. A sample checkpoint in the CRI-O layout, written in place into the
 	// watched directory the way the runtimes write it (0600, no rename).
-	opts := testarchive.Options{
-		Engine:         testarchive.CRIO,
+	opts := samplearchive.Options{
+		Engine:         samplearchive.CRIO,
 		Namespace:      "demo",
 		Pod:            "web-7d4b9c-x2k8p",
 		Container:      "web",
@@ -78,11 +79,11 @@ func runDemo(ctx context.Context, w io.Writer, h *devHandle) error {
 		Seed:           start.UnixNano(),
 	}
 	var archive bytes.Buffer
-	if err := testarchive.Write(&archive, opts); err != nil {
+	if err := samplearchive.Write(&archive, opts); err != nil {
 		return fmt.Errorf("demo: generating the sample checkpoint: %w", err)
 	}
 	sum := sha256.Sum256(archive.Bytes())
-	name := testarchive.Filename(opts)
+	name := samplearchive.Filename(opts)
 	path := filepath.Join(h.Config.CheckpointsDir, name)
 	step("Dropping a sample checkpoint (%s, sha256 %s…) into %s", humanBytes(int64(archive.Len())), hex.EncodeToString(sum[:6]), path)
 	if err := writeInPlace(path, archive.Bytes()); err != nil {
@@ -118,7 +119,8 @@ func runDemo(ctx context.Context, w io.Writer, h *devHandle) error {
 	}
 	var id string
 	for _, e := range ents {
-		fmt.Fprintf(w, "%s  %s  %s/%s/%s  node %s  %s\n", e.ID, e.Checkpointed().Format(time.RFC3339), e.Namespace(), e.Pod(), e.Container(), e.Node(), e.Base)
+		fmt.Fprintf(w, "%s  %s  %s\n", termsafe.String(e.ID), e.Checkpointed().Format(time.RFC3339),
+			termsafe.String(e.Namespace()+"/"+e.Pod()+"/"+e.Container()+"  node "+e.Node()+"  "+e.Base))
 		if e.Base == p.Object {
 			id = e.ID
 		}

@@ -14,6 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
+	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/daemon"
 )
@@ -115,7 +117,7 @@ func startDevLogging(ctx context.Context, stdout, stderr, logw io.Writer, dir st
 	if err != nil {
 		return nil, err
 	}
-	log := slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log := slog.New(slog.NewJSONHandler(termsafe.Writer(logw), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log, ConfigPath: cfgPath, Version: version})
 	if err != nil {
 		return nil, fmt.Errorf("dev: %w", err)
@@ -205,22 +207,19 @@ audit:
 	return cfgPath, nil
 }
 
-// devNodeName makes a valid node name (a DNS subdomain) from the host name.
+// devNodeName picks the node name written into a new dev configuration:
+// the host name as the kubelet would use it (k8sname.FromHostname), or, if
+// that is not a valid node name, the nearest one that is, or "dev-node".
+// The result is written into the file for the developer to see; it is the
+// daemon's configured name from then on, checked by the same rule.
 func devNodeName(host string) string {
-	var b strings.Builder
-	for _, r := range strings.ToLower(host) {
-		switch {
-		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '.':
-			b.WriteRune(r)
-		default:
-			b.WriteByte('-')
-		}
+	if n := k8sname.FromHostname(host); k8sname.Node.Valid(n) {
+		return n
 	}
-	s := strings.Trim(b.String(), "-.")
-	if s == "" || len(s) > 63 {
-		return "dev-node"
+	if n := k8sname.Suggest(k8sname.Node, host); n != "" {
+		return n
 	}
-	return s
+	return "dev-node"
 }
 
 func printDevHelp(w io.Writer, h *devHandle) {

@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
+	"github.com/checkpoint-vault/ckvault/internal/k8sname/k8snametest"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 )
 
 // TestDevRunsAndIsIdempotent starts the dev daemon twice on one directory:
@@ -37,7 +39,7 @@ func TestDevRunsAndIsIdempotent(t *testing.T) {
 		if !bytes.Contains(out.Bytes(), []byte(h.Config.CheckpointsDir)) {
 			t.Errorf("instructions do not say where to drop archives:\n%s", out.String())
 		}
-		path, err := testarchive.WriteDir(h.Config.CheckpointsDir, testarchive.Options{Seed: int64(run), Pod: "dev-pod-" + string(rune('a'+run))})
+		path, err := samplearchive.WriteDir(h.Config.CheckpointsDir, samplearchive.Options{Seed: int64(run), Pod: "dev-pod-" + string(rune('a'+run))})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,9 +60,21 @@ func TestDevRunsAndIsIdempotent(t *testing.T) {
 }
 
 func TestDevNodeName(t *testing.T) {
-	for in, want := range map[string]string{"Node_A.local": "node-a.local", "": "dev-node", "___": "dev-node", "x": "x"} {
+	for in, want := range map[string]string{"Node_A.local": "node-a.local", "": "dev-node", "___": "dev-node", "x": "x", "Worker-1": "worker-1"} {
 		if got := devNodeName(in); got != want {
 			t.Errorf("devNodeName(%q) = %q, want %q", in, got, want)
+		}
+	}
+	// On the shared corpus, the name dev writes is always one the daemon's
+	// configuration accepts (the same rule), and a host name that already
+	// is a valid node name is kept as it is.
+	for _, c := range k8snametest.Corpus {
+		got := devNodeName(c.Name)
+		if err := k8sname.Node.Check(got); err != nil {
+			t.Errorf("devNodeName(%q) = %q: %v", c.Name, got, err)
+		}
+		if c.Subdomain && got != c.Name {
+			t.Errorf("devNodeName(%q) = %q, want the host name unchanged", c.Name, got)
 		}
 	}
 }

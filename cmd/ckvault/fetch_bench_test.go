@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 	"github.com/checkpoint-vault/ckvault/internal/testtools"
 	"github.com/checkpoint-vault/ckvault/internal/testvault"
@@ -149,8 +149,8 @@ func BenchmarkFetch1GiB(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	archive := filepath.Join(dir, testarchive.Filename(testarchive.Options{}))
-	if err := testarchive.WriteFile(archive, testarchive.Options{MemoryBytes: 1<<30 - 64<<10}); err != nil {
+	archive := filepath.Join(dir, samplearchive.Filename(samplearchive.Options{}))
+	if err := samplearchive.WriteFile(archive, samplearchive.Options{MemoryBytes: 1<<30 - 64<<10}); err != nil {
 		b.Fatal(err)
 	}
 	m, _, err := testvault.Put(context.Background(), st, keys, archive, "node-a")

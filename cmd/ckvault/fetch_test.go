@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/checkpoint-vault/ckvault/audit"
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testvault"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
 	"github.com/checkpoint-vault/ckvault/vault/store/filestore"
@@ -54,12 +54,12 @@ signing:
 	if f.st, err = filestore.New(storeDir); err != nil {
 		t.Fatal(err)
 	}
-	for i, o := range []testarchive.Options{
-		{Engine: testarchive.CRIO, Namespace: "payments", Pod: "api-0", Container: "server", MemoryBytes: 300 << 10},
-		{Engine: testarchive.Containerd, Namespace: "web", Pod: "front-1", Container: "nginx", CheckpointedAt: testarchive.DefaultTime.Add(3600e9)},
+	for i, o := range []samplearchive.Options{
+		{Engine: samplearchive.CRIO, Namespace: "payments", Pod: "api-0", Container: "server", MemoryBytes: 300 << 10},
+		{Engine: samplearchive.Containerd, Namespace: "web", Pod: "front-1", Container: "nginx", CheckpointedAt: samplearchive.DefaultTime.Add(3600e9)},
 	} {
 		o.Seed = int64(i)
-		p, err := testarchive.WriteDir(t.TempDir(), o)
+		p, err := samplearchive.WriteDir(t.TempDir(), o)
 		if err != nil {
 			t.Fatal(err)
 		}

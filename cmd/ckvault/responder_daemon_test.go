@@ -14,7 +14,7 @@ import (
 
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/audit/auditsock"
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 )
 
 // TestResponderThroughDaemon runs a real daemon in this process (ckvault
@@ -45,7 +45,7 @@ func TestResponderThroughDaemon(t *testing.T) {
 
 	// An archive written elsewhere and renamed in, so the test keeps the
 	// original to compare with after the daemon shreds it.
-	src, err := testarchive.WriteDir(t.TempDir(), testarchive.Options{Namespace: "payments", Pod: "api-0", Container: "server", Seed: 7})
+	src, err := samplearchive.WriteDir(t.TempDir(), samplearchive.Options{Namespace: "payments", Pod: "api-0", Container: "server", Seed: 7})
 	if err != nil {
 		t.Fatal(err)
 	}

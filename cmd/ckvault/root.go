@@ -39,6 +39,10 @@ Start with:  ckvault dev --demo`,
 		newVerifyCommand(),
 		newFetchCommand(),
 		newInspectCommand(),
+		newGCCommand(),
+		newPinCommand(),
+		newUnpinCommand(),
+		newRestoreCommand(),
 	)
 	return root
 }

@@ -35,6 +35,11 @@
 // reached, so a daemon cannot be made to run an arbitrary binary through
 // its configuration.
 //
+// An encrypted key is decrypted in a short-lived copy of the program when
+// the program has called DecryptHelperMain (ckvault does): scrypt needs
+// 32–128 MiB for a moment, which would otherwise set the daemon's peak
+// memory for good (see keyhelper.go).
+//
 // Verification is against a set of trusted public keys (TrustedKeys), so a
 // signing key can be rotated while objects signed by the old key still
 // verify.
@@ -82,8 +87,9 @@ const (
 const PasswordEnv = "CKVAULT_SIGNING_PASSWORD"
 
 // PasswordFunc returns the password of an encrypted signing key. It is
-// called only when the key is encrypted. An empty password is valid (cosign
-// allows it).
+// called only when the key is encrypted, and the caller clears the slice
+// after use, so it must return a fresh one. An empty password is valid
+// (cosign allows it).
 type PasswordFunc func() ([]byte, error)
 
 // PasswordFromEnv reads the password from $CKVAULT_SIGNING_PASSWORD. An
@@ -141,7 +147,8 @@ func LoadSigner(ctx context.Context, ref string, password PasswordFunc) (*Signer
 	if err != nil {
 		return nil, fmt.Errorf("loading signing key: %w", err)
 	}
-	priv, err := parsePrivateKeyPEM(pemBytes, password)
+	priv, err := parsePrivateKeyPEM(ctx, pemBytes, password)
+	clear(pemBytes)
 	if err != nil {
 		return nil, fmt.Errorf("loading signing key %s: %w", ref, err)
 	}
@@ -201,8 +208,10 @@ func newSigner(ref string, sv signature.Signer, pub *ecdsa.PublicKey) (*Signer, 
 }
 
 // parsePrivateKeyPEM decodes the first PEM block of b: cosign's encrypted
-// format, PKCS#8 or SEC 1. Only ECDSA P-256 keys are accepted.
-func parsePrivateKeyPEM(b []byte, password PasswordFunc) (*ecdsa.PrivateKey, error) {
+// format, PKCS#8 or SEC 1. Only ECDSA P-256 keys are accepted. The
+// password and the decrypted DER are cleared once parsed; the key itself
+// then lives only in the returned value (Go's crypto cannot wipe that).
+func parsePrivateKeyPEM(ctx context.Context, b []byte, password PasswordFunc) (*ecdsa.PrivateKey, error) {
 	block, _ := pem.Decode(b)
 	if block == nil {
 		return nil, errors.New("no PEM block found; expected a cosign key (cosign generate-key-pair / ckvault keygen) or a PKCS#8 PEM key")
@@ -220,14 +229,19 @@ func parsePrivateKeyPEM(b []byte, password PasswordFunc) (*ecdsa.PrivateKey, err
 		if perr != nil {
 			return nil, perr
 		}
-		der, derr := encrypted.Decrypt(block.Bytes, pw)
-		if derr != nil {
-			// Decrypt fails the same way for a wrong password and a damaged
-			// file (secretbox authentication). Never echo the password.
+		der, derr := decryptSealed(ctx, block.Bytes, pw)
+		clear(pw)
+		if rej := (*rejectedError)(nil); errors.As(derr, &rej) {
+			// Decryption fails the same way for a wrong password and a
+			// damaged file (secretbox authentication). Never echo the
+			// password.
 			return nil, fmt.Errorf("decrypting %s: wrong password or damaged key file (set $%s or signing.passwordFile): %w",
 				block.Type, PasswordEnv, derr)
+		} else if derr != nil {
+			return nil, fmt.Errorf("decrypting %s: %w", block.Type, derr)
 		}
 		key, err = x509.ParsePKCS8PrivateKey(der)
+		clear(der)
 	case "PRIVATE KEY":
 		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
 	case "EC PRIVATE KEY":

@@ -1,5 +1,5 @@
 // Package testtools finds the real, pinned binaries that tests run against
-// (MinIO, versitygw, age, age-keygen, cosign, checkpointctl).
+// (MinIO, versitygw, age, age-keygen, cosign, checkpointctl, crane).
 //
 // scripts/install-test-tools.sh installs them into a cache directory; `make
 // test` runs that script first and sets CKVAULT_REQUIRE_TOOLS=1, so in CI a

@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/vault/checkpoint"
 )
 
@@ -31,7 +31,7 @@ func setup(t *testing.T) (string, *os.File) {
 
 func writeArchive(t *testing.T, dir string) string {
 	t.Helper()
-	p, err := testarchive.WriteDir(dir, testarchive.Options{MemoryBytes: 1 << 20})
+	p, err := samplearchive.WriteDir(dir, samplearchive.Options{MemoryBytes: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,10 +80,10 @@ func TestAdmitAndReadOnce(t *testing.T) {
 func TestWriterInProcess(t *testing.T) {
 	dir, d := setup(t)
 	var buf bytes.Buffer
-	if err := testarchive.Write(&buf, testarchive.Options{}); err != nil {
+	if err := samplearchive.Write(&buf, samplearchive.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	name := testarchive.Filename(testarchive.Options{})
+	name := samplearchive.Filename(samplearchive.Options{})
 	w, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +135,7 @@ func TestWriterChildProcess(t *testing.T) {
 // lease; the reader notices, and closing releases the blocked writer.
 func TestWriterDuringRead(t *testing.T) {
 	dir, d := setup(t)
-	p, err := testarchive.WriteDir(dir, testarchive.Options{MemoryBytes: 3 * LeaseCheckEvery})
+	p, err := samplearchive.WriteDir(dir, samplearchive.Options{MemoryBytes: 3 * LeaseCheckEvery})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestWriterDuringRead(t *testing.T) {
 func TestHostileEntries(t *testing.T) {
 	dir, d := setup(t)
 	outside := filepath.Join(t.TempDir(), "secret.tar")
-	if err := testarchive.WriteFile(outside, testarchive.Options{}); err != nil {
+	if err := samplearchive.WriteFile(outside, samplearchive.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	// Watch the target for any open or read (IN_OPEN|IN_ACCESS).
@@ -198,9 +198,9 @@ func TestHostileEntries(t *testing.T) {
 	must(os.Mkdir(filepath.Join(dir, "dir.tar"), 0o700))
 	hl := writeArchive(t, dir)
 	must(os.Link(filepath.Join(dir, hl), filepath.Join(dir, "hardlink.tar")))
-	must(testarchive.WriteFile(filepath.Join(dir, "owned.tar"), testarchive.Options{}))
+	must(samplearchive.WriteFile(filepath.Join(dir, "owned.tar"), samplearchive.Options{}))
 	must(os.Chown(filepath.Join(dir, "owned.tar"), 4321, 4321))
-	must(testarchive.WriteFile(filepath.Join(dir, "ino.tar"), testarchive.Options{}))
+	must(samplearchive.WriteFile(filepath.Join(dir, "ino.tar"), samplearchive.Options{}))
 
 	for _, tt := range []struct {
 		name string

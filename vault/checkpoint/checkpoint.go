@@ -31,6 +31,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 )
 
 // Sentinel errors, for errors.Is; the returned errors wrap them with the
@@ -49,6 +51,11 @@ var (
 	// ErrTooLarge: a dump member, the member count or a name exceeds the
 	// limits.
 	ErrTooLarge = errors.New("archive exceeds a limit")
+	// ErrMemberType: a member of a type no engine writes — a sparse file
+	// (whose holes would expand to far more bytes than the archive holds),
+	// a device, a FIFO, a global or unknown header. It also wraps
+	// ErrNotCheckpoint.
+	ErrMemberType = fmt.Errorf("%w: member type not allowed", ErrNotCheckpoint)
 )
 
 // Member names, as they appear after any "./" prefix is removed.
@@ -67,8 +74,12 @@ const (
 	EnginePodman     = "libpod"
 )
 
-// Limits bound what an untrusted archive can make the parser hold in
-// memory. Zero fields get the defaults.
+// Limits bound what an untrusted archive can make a reader hold in memory
+// or do. Zero fields get the defaults. Together with the member rules of
+// [CheckHeader] they keep the work for an archive proportional to its size
+// on disk and the memory kept for it constant: at most MaxListedNameBytes
+// of names plus two dumps of MaxDumpSize (archive/tar itself holds one
+// header's PAX records or GNU long name, at most 1 MiB, at a time).
 type Limits struct {
 	// MaxDumpSize bounds config.dump and spec.dump (default 1 MiB).
 	MaxDumpSize int64
@@ -77,6 +88,14 @@ type Limits struct {
 	// MaxListedMembers bounds Info.Members (default 4096); members beyond
 	// it are counted and sized but not listed.
 	MaxListedMembers int
+	// MaxListedNameBytes bounds the total length of the names kept in
+	// Info.Members (default 256 KiB); once reached, further members are
+	// counted but not listed.
+	MaxListedNameBytes int
+	// MaxNameBytes bounds one member name (default 4096, Linux's
+	// PATH_MAX). A longer name, which no engine writes and no runtime
+	// could restore, refuses the archive (ErrTooLarge).
+	MaxNameBytes int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -88,6 +107,12 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxListedMembers <= 0 {
 		l.MaxListedMembers = 4096
+	}
+	if l.MaxListedNameBytes <= 0 {
+		l.MaxListedNameBytes = 256 << 10
+	}
+	if l.MaxNameBytes <= 0 {
+		l.MaxNameBytes = 4096
 	}
 	return l
 }
@@ -101,12 +126,28 @@ type Identity struct {
 
 func (id Identity) String() string { return id.Namespace + "/" + id.Pod + "/" + id.Container }
 
+// Check holds the identity to the Kubernetes name rules (internal/k8sname)
+// that the object layout and the audit trail use too, so an identity
+// accepted here always names an object. Anything with '/', '..', control
+// characters or upper case is refused rather than escaped.
+func (id Identity) Check() error {
+	if err := k8sname.Namespace.Check(id.Namespace); err != nil {
+		return err
+	}
+	if err := k8sname.Pod.Check(id.Pod); err != nil {
+		return err
+	}
+	return k8sname.Container.Check(id.Container)
+}
+
 // Member is one tar entry. Name has any "./" prefix removed.
 type Member struct {
 	Name string `json:"name"`
 	Size int64  `json:"size"`
 	// Type is the tar type flag as a letter: "f" regular file, "d"
-	// directory, "l" symlink, "h" hard link, "o" other.
+	// directory — the only types an accepted archive has (CheckHeader);
+	// "l" symlink, "h" hard link and "o" other remain for readers of
+	// older listings.
 	Type string `json:"type"`
 }
 
@@ -134,7 +175,8 @@ type Info struct {
 	// RootfsDiffBytes is the size of rootfs-diff.tar, 0 if absent.
 	RootfsDiffBytes int64 `json:"rootfsDiffBytes"`
 	MemberCount     int   `json:"memberCount"`
-	// Members lists the first Limits.MaxListedMembers members.
+	// Members lists the first members, up to Limits.MaxListedMembers
+	// entries and Limits.MaxListedNameBytes of names.
 	Members []Member `json:"members"`
 	// ArchiveBytes is the offset just past the end-of-archive marker;
 	// TrailingBytes counts the zero padding after it.
@@ -185,10 +227,28 @@ func ParseFilename(name string) (Filename, error) {
 	if !ok || pod == "" {
 		return bad("no '_' between pod and namespace")
 	}
-	if len(nc) < 3 || nc[0] == '-' || nc[len(nc)-1] == '-' || !strings.Contains(nc, "-") {
-		return bad("no <namespace>-<container>")
+	if err := k8sname.Pod.Check(pod); err != nil {
+		return bad(err.Error())
+	}
+	if !splittable(nc) {
+		return bad("no <namespace>-<container> of two Kubernetes names")
 	}
 	return Filename{Pod: pod, NamespaceContainer: nc, Time: t}, nil
+}
+
+// splittable reports whether nc is "<namespace>-<container>" for at least
+// one valid namespace and container name; which one, only the archive's
+// identity says.
+func splittable(nc string) bool {
+	if len(nc) > 2*k8sname.MaxLabel+1 {
+		return false
+	}
+	for i := 0; i < len(nc); i++ {
+		if nc[i] == '-' && k8sname.Namespace.Valid(nc[:i]) && k8sname.Container.Valid(nc[i+1:]) {
+			return true
+		}
+	}
+	return false
 }
 
 // MismatchError reports where an archive's name disagrees with the

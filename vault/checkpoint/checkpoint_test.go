@@ -9,13 +9,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/hostiletar"
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 )
 
-func archive(t testing.TB, opts testarchive.Options) []byte {
+func archive(t testing.TB, opts samplearchive.Options) []byte {
 	t.Helper()
 	var buf bytes.Buffer
-	if err := testarchive.Write(&buf, opts); err != nil {
+	if err := samplearchive.Write(&buf, opts); err != nil {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
@@ -32,13 +34,13 @@ func parse(data []byte) (*Info, error) {
 func TestParseEngines(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
-		opts   testarchive.Options
+		opts   samplearchive.Options
 		engine string
 	}{
-		{"crio", testarchive.Options{Engine: testarchive.CRIO}, EngineCRIO},
-		{"containerd", testarchive.Options{Engine: testarchive.Containerd}, EngineContainerd},
-		{"crio dotslash", testarchive.Options{Engine: testarchive.CRIO, DotSlash: true}, EngineCRIO},
-		{"containerd dotslash", testarchive.Options{Engine: testarchive.Containerd, DotSlash: true}, EngineContainerd},
+		{"crio", samplearchive.Options{Engine: samplearchive.CRIO}, EngineCRIO},
+		{"containerd", samplearchive.Options{Engine: samplearchive.Containerd}, EngineContainerd},
+		{"crio dotslash", samplearchive.Options{Engine: samplearchive.CRIO, DotSlash: true}, EngineCRIO},
+		{"containerd dotslash", samplearchive.Options{Engine: samplearchive.Containerd, DotSlash: true}, EngineContainerd},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.opts.Namespace, tt.opts.Pod, tt.opts.Container = "pay-ments", "api-7f9c", "side-car"
@@ -61,10 +63,10 @@ func TestParseEngines(t *testing.T) {
 			if info.CheckpointBytes <= info.PagesBytes || info.RootfsDiffBytes == 0 {
 				t.Errorf("checkpoint %d, rootfs-diff %d bytes", info.CheckpointBytes, info.RootfsDiffBytes)
 			}
-			if info.ContainerID != testarchive.ContainerID(tt.opts) || info.Image != "registry.example/app:1.0" || info.Runtime != "runc" {
+			if info.ContainerID != samplearchive.ContainerID(tt.opts) || info.Image != "registry.example/app:1.0" || info.Runtime != "runc" {
 				t.Errorf("id %q image %q runtime %q", info.ContainerID, info.Image, info.Runtime)
 			}
-			if !info.Checkpointed.Equal(testarchive.DefaultTime) || !info.Created.Before(info.Checkpointed) {
+			if !info.Checkpointed.Equal(samplearchive.DefaultTime) || !info.Created.Before(info.Checkpointed) {
 				t.Errorf("times %v %v", info.Created, info.Checkpointed)
 			}
 			if info.ArchiveBytes != int64(len(data)) || info.TrailingBytes != 0 {
@@ -73,7 +75,7 @@ func TestParseEngines(t *testing.T) {
 			if info.MemberCount != len(info.Members) || info.Members[0].Name != "checkpoint/" {
 				t.Errorf("members %d %v", info.MemberCount, info.Members)
 			}
-			fn, err := ParseFilename(testarchive.Filename(tt.opts))
+			fn, err := ParseFilename(samplearchive.Filename(tt.opts))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -85,7 +87,7 @@ func TestParseEngines(t *testing.T) {
 }
 
 func TestCRIUAnnotations(t *testing.T) {
-	data := archive(t, testarchive.Options{Annotations: map[string]string{
+	data := archive(t, samplearchive.Options{Annotations: map[string]string{
 		"org.criu.checkpoint.engine.version": "1.33",
 		"io.kubernetes.container.name":       "",
 		"io.kubernetes.cri-o.Metadata":       "not json",
@@ -101,7 +103,7 @@ func TestCRIUAnnotations(t *testing.T) {
 }
 
 func TestParseErrors(t *testing.T) {
-	good := archive(t, testarchive.Options{})
+	good := archive(t, samplearchive.Options{})
 	bigDump := bytes.Repeat([]byte(" "), 1<<20+1)
 	tests := []struct {
 		name string
@@ -117,15 +119,15 @@ func TestParseErrors(t *testing.T) {
 		{"cut mid member", good[:len(good)/2], ErrTruncated, ""},
 		{"cut mid header", good[:len(good)-1024-3000], ErrTruncated, ""},
 		{"stale tail", append(append([]byte{}, good...), []byte("old archive bytes")...), ErrTrailingData, "stale tail"},
-		{"no checkpoint dir", archive(t, testarchive.Options{Omit: []string{"checkpoint/"}}), ErrNotCheckpoint, "checkpoint/"},
-		{"no config", archive(t, testarchive.Options{Omit: []string{"config.dump"}}), ErrNotCheckpoint, "config.dump"},
-		{"no spec", archive(t, testarchive.Options{Omit: []string{"spec.dump"}, DotSlash: true}), ErrNotCheckpoint, "spec.dump"},
-		{"bad spec", archive(t, testarchive.Options{Override: map[string][]byte{"spec.dump": []byte("{")}}), ErrNotCheckpoint, "not valid JSON"},
-		{"bad config", archive(t, testarchive.Options{Override: map[string][]byte{"config.dump": []byte("[]")}}), ErrNotCheckpoint, "config.dump"},
-		{"oversized spec", archive(t, testarchive.Options{Override: map[string][]byte{"spec.dump": bigDump}}), ErrTooLarge, "spec.dump"},
-		{"no identity", archive(t, testarchive.Options{Override: map[string][]byte{"spec.dump": []byte(`{"annotations":{}}`)}}), ErrNotCheckpoint, "namespace"},
-		{"hostile identity", archive(t, testarchive.Options{Annotations: map[string]string{"io.kubernetes.pod.namespace": "../../etc"}}), ErrNotCheckpoint, "invalid"},
-		{"duplicate spec", archive(t, testarchive.Options{Override: map[string][]byte{"./spec.dump": []byte("{}")}}), ErrNotCheckpoint, "twice"},
+		{"no checkpoint dir", archive(t, samplearchive.Options{Omit: []string{"checkpoint/"}}), ErrNotCheckpoint, "checkpoint/"},
+		{"no config", archive(t, samplearchive.Options{Omit: []string{"config.dump"}}), ErrNotCheckpoint, "config.dump"},
+		{"no spec", archive(t, samplearchive.Options{Omit: []string{"spec.dump"}, DotSlash: true}), ErrNotCheckpoint, "spec.dump"},
+		{"bad spec", archive(t, samplearchive.Options{Override: map[string][]byte{"spec.dump": []byte("{")}}), ErrNotCheckpoint, "not valid JSON"},
+		{"bad config", archive(t, samplearchive.Options{Override: map[string][]byte{"config.dump": []byte("[]")}}), ErrNotCheckpoint, "config.dump"},
+		{"oversized spec", archive(t, samplearchive.Options{Override: map[string][]byte{"spec.dump": bigDump}}), ErrTooLarge, "spec.dump"},
+		{"no identity", archive(t, samplearchive.Options{Override: map[string][]byte{"spec.dump": []byte(`{"annotations":{}}`)}}), ErrNotCheckpoint, "namespace"},
+		{"hostile identity", archive(t, samplearchive.Options{Annotations: map[string]string{"io.kubernetes.pod.namespace": "../../etc"}}), ErrNotCheckpoint, "invalid"},
+		{"duplicate spec", archive(t, samplearchive.Options{Override: map[string][]byte{"./spec.dump": []byte("{}")}}), ErrNotCheckpoint, "twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -146,7 +148,7 @@ func TestParseErrors(t *testing.T) {
 // TestTruncatedEverywhere cuts a small archive at every 512-byte boundary
 // and a few odd offsets: none of the prefixes may be accepted.
 func TestTruncatedEverywhere(t *testing.T) {
-	good := archive(t, testarchive.Options{MemoryBytes: 4096})
+	good := archive(t, samplearchive.Options{MemoryBytes: 4096})
 	for n := 0; n < len(good); n += 512 {
 		for _, k := range []int{n, n + 1, n + 511} {
 			if k >= len(good) {
@@ -160,7 +162,7 @@ func TestTruncatedEverywhere(t *testing.T) {
 }
 
 func TestTrailingZeros(t *testing.T) {
-	good := archive(t, testarchive.Options{})
+	good := archive(t, samplearchive.Options{})
 	padded := append(append([]byte{}, good...), make([]byte, 10240)...)
 	info, err := parse(padded)
 	if err != nil {
@@ -174,7 +176,7 @@ func TestTrailingZeros(t *testing.T) {
 // TestInspectorOneRead feeds the archive through io.MultiWriter alongside
 // a hash, as the daemon does, and checks the same verdict as Parse.
 func TestInspectorOneRead(t *testing.T) {
-	data := archive(t, testarchive.Options{Engine: testarchive.Containerd, MemoryBytes: 5 << 20})
+	data := archive(t, samplearchive.Options{Engine: samplearchive.Containerd, MemoryBytes: 5 << 20})
 	h := sha256.New()
 	in := NewInspector(Limits{})
 	n, err := io.Copy(io.MultiWriter(h, in), onlyReader{bytes.NewReader(data)})
@@ -198,7 +200,7 @@ func TestInspectorOneRead(t *testing.T) {
 // of being read to the end.
 func TestInspectorStopsEarly(t *testing.T) {
 	in := NewInspector(Limits{})
-	src := io.LimitReader(testarchive.NewPageReader(1), 1<<30)
+	src := io.LimitReader(samplearchive.NewPageReader(1), 1<<30)
 	n, err := io.Copy(in, src)
 	if err == nil {
 		t.Fatal("copy of random bytes into the inspector succeeded")
@@ -264,15 +266,39 @@ func TestCrossCheckMismatch(t *testing.T) {
 	}
 }
 
+// FuzzParse: the parser never panics, accepts only archives read through
+// their marker, and holds to its bounds whatever the bytes: the member
+// content it reads (the dumps) is no more than the input — a sparse member
+// cannot make it expand holes — and the names it keeps stay within
+// Limits.MaxListedNameBytes.
 func FuzzParse(f *testing.F) {
-	f.Add(archive(f, testarchive.Options{MemoryBytes: 1024}))
-	f.Add(archive(f, testarchive.Options{Engine: testarchive.Containerd, DotSlash: true, MemoryBytes: 100}))
+	small := archive(f, samplearchive.Options{MemoryBytes: 1024})
+	f.Add(small)
+	f.Add(archive(f, samplearchive.Options{Engine: samplearchive.Containerd, DotSlash: true, MemoryBytes: 100}))
 	f.Add([]byte{})
 	f.Add(make([]byte, 1024))
+	for _, s := range hostiletar.Seeds(small) {
+		f.Add(s)
+	}
+	maxNames := (Limits{}).withDefaults().MaxListedNameBytes
 	f.Fuzz(func(t *testing.T, data []byte) {
-		info, err := parse(data)
+		var work parseWork
+		info, err := parseInto(onlyReader{bytes.NewReader(data)}, Limits{}, &work)
+		if work.contentBytes > int64(len(data)) {
+			t.Fatalf("read %d bytes of member content from %d bytes of input", work.contentBytes, len(data))
+		}
 		if err != nil {
 			return
+		}
+		kept := 0
+		for _, m := range info.Members {
+			kept += len(m.Name)
+		}
+		if kept > maxNames || len(info.Members) > info.MemberCount {
+			t.Fatalf("kept %d bytes of names in %d of %d members", kept, len(info.Members), info.MemberCount)
+		}
+		if info.CheckpointBytes+info.RootfsDiffBytes > int64(len(data)) {
+			t.Fatalf("sizes %d+%d exceed the %d bytes of input", info.CheckpointBytes, info.RootfsDiffBytes, len(data))
 		}
 		// Property: an accepted archive was read through its marker, and
 		// any prefix cut before the marker is refused.
@@ -284,14 +310,14 @@ func FuzzParse(f *testing.F) {
 				t.Fatal("a prefix without the full end marker was accepted")
 			}
 		}
-		if !validName(info.Identity.Namespace) || !validName(info.Identity.Pod) || !validName(info.Identity.Container) {
-			t.Fatalf("accepted identity %v", info.Identity)
+		if err := info.Identity.Check(); err != nil {
+			t.Fatalf("accepted identity %v: %v", info.Identity, err)
 		}
 	})
 }
 
 func BenchmarkInspector(b *testing.B) {
-	data := archive(b, testarchive.Options{MemoryBytes: 256 << 20})
+	data := archive(b, samplearchive.Options{MemoryBytes: 256 << 20})
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -313,7 +339,7 @@ func FuzzParseFilename(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if fn.Pod == "" || strings.Contains(fn.Pod, "_") || !strings.Contains(fn.NamespaceContainer, "-") || fn.Time.IsZero() {
+		if !k8sname.Pod.Valid(fn.Pod) || !splittable(fn.NamespaceContainer) || fn.Time.IsZero() {
 			t.Fatalf("ParseFilename(%q) = %+v", name, fn)
 		}
 	})

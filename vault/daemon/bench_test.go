@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/checkpoint-vault/ckvault/audit"
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 	"github.com/checkpoint-vault/ckvault/vault/admit"
 	"github.com/checkpoint-vault/ckvault/vault/seal"
@@ -32,11 +32,11 @@ import (
 
 // dropArchive writes an archive under a dotfile name (ignored by the
 // watcher) and renames it in, returning the moment it appeared whole.
-func dropArchive(t testing.TB, dir string, o testarchive.Options) (string, time.Time) {
+func dropArchive(t testing.TB, dir string, o samplearchive.Options) (string, time.Time) {
 	t.Helper()
-	name := testarchive.Filename(o)
+	name := samplearchive.Filename(o)
 	tmp := filepath.Join(dir, ".incoming-"+name)
-	must(t, testarchive.WriteFile(tmp, o))
+	must(t, samplearchive.WriteFile(tmp, o))
 	must(t, os.Rename(tmp, filepath.Join(dir, name)))
 	return name, time.Now()
 }
@@ -48,7 +48,7 @@ func BenchmarkEndToEnd1GiB(b *testing.B) {
 	srv := testservers.Shared(b, testservers.MinIO)
 	for i := 0; i < b.N; i++ {
 		e := s3Env(b, srv, fmt.Sprintf("bench-e2e-%d-%d", time.Now().UnixNano(), i), envOpt{})
-		o := testarchive.Options{Namespace: "bench", Pod: "big", Seed: 1, MemoryBytes: 1 << 30}
+		o := samplearchive.Options{Namespace: "bench", Pod: "big", Seed: 1, MemoryBytes: 1 << 30}
 		r := startDaemon(b, e, Options{})
 		b.ResetTimer()
 		name, t0 := dropArchive(b, e.ckDir, o)
@@ -60,7 +60,7 @@ func BenchmarkEndToEnd1GiB(b *testing.B) {
 		// Baseline: the same bytes encrypted beforehand, then Put + Shred.
 		st := openStore(b, e)
 		plainPath := filepath.Join(e.dir, "plain.tar")
-		must(b, testarchive.WriteFile(plainPath, o))
+		must(b, samplearchive.WriteFile(plainPath, o))
 		ctPath := filepath.Join(e.dir, "ct.age")
 		pf, err := os.Open(plainPath)
 		must(b, err)
@@ -129,14 +129,14 @@ func BenchmarkPeakRSS(b *testing.B) {
 						// 32 MiB scrypt of cosign's encrypted key format at start.
 						writePlainSigningKey(b, e)
 					}
-					o := testarchive.Options{Namespace: "bench", Pod: "rss", Seed: 2, MemoryBytes: size}
+					o := samplearchive.Options{Namespace: "bench", Pod: "rss", Seed: 2, MemoryBytes: size}
 					tmp := filepath.Join(e.ckDir, ".incoming")
-					must(b, testarchive.WriteFile(tmp, o))
+					must(b, samplearchive.WriteFile(tmp, o))
 					cmd := startChild(b, e)
 					time.Sleep(500 * time.Millisecond)
 					base, _ := vmHWM(cmd.Process.Pid)
 					t0 := time.Now()
-					must(b, os.Rename(tmp, filepath.Join(e.ckDir, testarchive.Filename(o))))
+					must(b, os.Rename(tmp, filepath.Join(e.ckDir, samplearchive.Filename(o))))
 					for len(listTars(b, e.ckDir)) > 0 {
 						time.Sleep(100 * time.Millisecond)
 					}
@@ -175,11 +175,11 @@ func BenchmarkCloseToAdmission(b *testing.B) {
 	var lat []time.Duration
 	for i := 0; i < b.N; i++ {
 		for j := range n {
-			o := testarchive.Options{Namespace: "lat", Pod: fmt.Sprintf("p-%d-%d", i, j), Seed: int64(j), MemoryBytes: 256 << 10}
-			name := testarchive.Filename(o)
+			o := samplearchive.Options{Namespace: "lat", Pod: fmt.Sprintf("p-%d-%d", i, j), Seed: int64(j), MemoryBytes: 256 << 10}
+			name := samplearchive.Filename(o)
 			f, err := os.OpenFile(filepath.Join(e.ckDir, name), os.O_RDWR|os.O_CREATE, 0o600)
 			must(b, err)
-			must(b, testarchive.Write(f, o))
+			must(b, samplearchive.Write(f, o))
 			time.Sleep(time.Duration(100+j%7*40) * time.Millisecond) // held open
 			must(b, f.Close())
 			closed := time.Now()
@@ -208,9 +208,9 @@ func BenchmarkDrain200(b *testing.B) {
 		const n = 200
 		var names []string
 		for j := range n {
-			o := testarchive.Options{Engine: testarchive.Engine(j % 2), Namespace: "drain", Pod: fmt.Sprintf("p-%d", j), Seed: int64(j), MemoryBytes: 256 << 10}
-			name := testarchive.Filename(o)
-			must(b, testarchive.WriteFile(filepath.Join(e.dir, name), o))
+			o := samplearchive.Options{Engine: samplearchive.Engine(j % 2), Namespace: "drain", Pod: fmt.Sprintf("p-%d", j), Seed: int64(j), MemoryBytes: 256 << 10}
+			name := samplearchive.Filename(o)
+			must(b, samplearchive.WriteFile(filepath.Join(e.dir, name), o))
 			names = append(names, name)
 		}
 		r := startDaemon(b, e, Options{})

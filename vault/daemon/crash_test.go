@@ -18,9 +18,10 @@ import (
 	"time"
 
 	"github.com/checkpoint-vault/ckvault/audit"
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
+	"github.com/checkpoint-vault/ckvault/vault/shred"
 	"github.com/checkpoint-vault/ckvault/vault/watch"
 )
 
@@ -30,9 +31,9 @@ const childEnv = "CKVAULT_TEST_DAEMON_CONFIG"
 
 // crashAtEnv names the crash point (see testHookStage) at which the child
 // SIGKILLs itself, optionally with "+overwrite" or "+truncate": at
-// shredding/intent-audited the child first does part of the shred's work
-// (half the random overwrite, or all of it and the truncate), as a crash
-// inside shred.Shred would leave the file. crashLogEnv is a file the child
+// shredding/claimed the child first does part of the shred's work on the
+// debris (half the random overwrite, or all of it and the truncate), as a
+// crash inside shred's Destroy would leave the file. crashLogEnv is a file the child
 // appends "point name" to before it dies, so the parent counts the hits.
 const (
 	crashAtEnv  = "CKVAULT_TEST_CRASH_AT"
@@ -50,8 +51,8 @@ var crashPoints = []struct {
 	{spec: "sealing"}, {spec: "sealing/admitted"}, {spec: "sealing/ciphertext-stored"}, {spec: "sealing/sealed"},
 	{spec: "sealing/objects-stored"}, {spec: "uploaded"}, {spec: "uploaded/audited"}, {spec: "uploaded/proven-audited"},
 	{spec: "proven"}, {spec: "proven/pinned-audited", pin: true}, {spec: "pinned", pin: true},
-	{spec: "shredding"}, {spec: "shredding/intent-audited"}, {spec: "shredding/intent-audited+overwrite"},
-	{spec: "shredding/intent-audited+truncate"}, {spec: "shredding/destroyed"}, {spec: "shredding/done-audited"},
+	{spec: "shredding"}, {spec: "shredding/intent-audited"}, {spec: ptShredClaimed}, {spec: ptShredClaimed + "+overwrite"},
+	{spec: ptShredClaimed + "+truncate"}, {spec: "shredding/destroyed"}, {spec: "shredding/done-audited"},
 	{spec: "shredded"},
 }
 
@@ -68,6 +69,9 @@ func installCrashHook(dir string) {
 		}
 		mu.Lock() // one worker dies here; the other waits for the kill
 		path := filepath.Join(dir, p.Name)
+		if point == ptShredClaimed {
+			path = filepath.Join(dir, debrisOf(p))
+		}
 		switch damage {
 		case "overwrite", "truncate":
 			f, err := os.OpenFile(path, os.O_WRONLY, 0)
@@ -205,9 +209,9 @@ func TestCrashAnywhere(t *testing.T) {
 	for i, cp := range crashPoints {
 		var pins []string
 		for j := range 2 {
-			o := testarchive.Options{Engine: testarchive.Engine(j), Namespace: "crash", Pod: fmt.Sprintf("point-%d-%d", i, j),
+			o := samplearchive.Options{Engine: samplearchive.Engine(j), Namespace: "crash", Pod: fmt.Sprintf("point-%d-%d", i, j),
 				Container: "app", Seed: int64(1000 + i*10 + j), MemoryBytes: int64(128<<10 + rng.IntN(1<<20))}
-			p, err := testarchive.WriteDir(e.ckDir, o)
+			p, err := samplearchive.WriteDir(e.ckDir, o)
 			must(t, err)
 			names = append(names, filepath.Base(p))
 			if cp.pin {
@@ -245,9 +249,9 @@ func TestCrashAnywhere(t *testing.T) {
 	for i := range iterations {
 		// Two new archives per round, of varying size.
 		for j := range 2 {
-			o := testarchive.Options{Engine: testarchive.Engine(j), Namespace: "crash", Pod: fmt.Sprintf("pod-%d-%d", i, j),
+			o := samplearchive.Options{Engine: samplearchive.Engine(j), Namespace: "crash", Pod: fmt.Sprintf("pod-%d-%d", i, j),
 				Container: "app", Seed: int64(i*10 + j), MemoryBytes: int64(256<<10 + rng.IntN(6<<20))}
-			p, err := testarchive.WriteDir(e.ckDir, o)
+			p, err := samplearchive.WriteDir(e.ckDir, o)
 			must(t, err)
 			names = append(names, filepath.Base(p))
 		}
@@ -350,7 +354,7 @@ func TestCrashAnywhere(t *testing.T) {
 	ents, err := os.ReadDir(e.ckDir)
 	must(t, err)
 	for _, de := range ents {
-		if strings.HasPrefix(de.Name(), shredDebrisPrefix) {
+		if shred.IsDebris(de.Name()) {
 			t.Errorf("shred debris left behind: %s", de.Name())
 		}
 	}

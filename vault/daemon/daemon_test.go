@@ -16,7 +16,7 @@ import (
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/crypto/envelope"
 	"github.com/checkpoint-vault/ckvault/crypto/signing"
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
 	"github.com/checkpoint-vault/ckvault/vault/store"
 	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
@@ -88,9 +88,9 @@ func openStore(t testing.TB, e *env) store.Store {
 	return st
 }
 
-func archiveBytes(t testing.TB, o testarchive.Options) []byte {
+func archiveBytes(t testing.TB, o samplearchive.Options) []byte {
 	var b bytes.Buffer
-	must(t, testarchive.Write(&b, o))
+	must(t, samplearchive.Write(&b, o))
 	return b.Bytes()
 }
 
@@ -98,11 +98,11 @@ func TestVaultBothEngines(t *testing.T) {
 	e := newEnv(t, envOpt{})
 	r := startDaemon(t, e, Options{})
 	st := openStore(t, e)
-	for i, eng := range []testarchive.Engine{testarchive.CRIO, testarchive.Containerd} {
-		o := testarchive.Options{Engine: eng, Namespace: "team-a", Pod: fmt.Sprintf("web-%d", i), Container: "app-x", Seed: int64(i),
+	for i, eng := range []samplearchive.Engine{samplearchive.CRIO, samplearchive.Containerd} {
+		o := samplearchive.Options{Engine: eng, Namespace: "team-a", Pod: fmt.Sprintf("web-%d", i), Container: "app-x", Seed: int64(i),
 			MemoryBytes: 300 << 10, DotSlash: i == 1}
 		plain := archiveBytes(t, o)
-		name := testarchive.Filename(o)
+		name := samplearchive.Filename(o)
 		must(t, os.WriteFile(filepath.Join(e.ckDir, name), plain, 0o600))
 		p := waitVaulted(t, r, name, 20*time.Second)
 		if p.Stage != StageShredded {
@@ -113,7 +113,7 @@ func TestVaultBothEngines(t *testing.T) {
 			t.Fatalf("%s still exists after vaulting: %v (size %d, files %v)", name, err, fi.Size(), listTars(t, e.ckDir))
 		}
 		m := checkVaulted(t, e, st, p, plain)
-		if m.Namespace != "team-a" || m.Pod != fmt.Sprintf("web-%d", i) || m.Container != "app-x" || m.Checkpoint.Engine != eng.String() && !(eng == testarchive.CRIO && m.Checkpoint.Engine == "cri-o") {
+		if m.Namespace != "team-a" || m.Pod != fmt.Sprintf("web-%d", i) || m.Container != "app-x" || m.Checkpoint.Engine != eng.String() && !(eng == samplearchive.CRIO && m.Checkpoint.Engine == "cri-o") {
 			t.Errorf("manifest identity %s/%s/%s engine %s", m.Namespace, m.Pod, m.Container, m.Checkpoint.Engine)
 		}
 	}
@@ -154,9 +154,9 @@ func checkOrder(t testing.TB, recs []audit.Record) {
 func TestNotAdmittedWhileOpen(t *testing.T) {
 	e := newEnv(t, envOpt{rescan: "1s"})
 	r := startDaemon(t, e, Options{})
-	o := testarchive.Options{Namespace: "default", Seed: 7, MemoryBytes: 2 << 20}
+	o := samplearchive.Options{Namespace: "default", Seed: 7, MemoryBytes: 2 << 20}
 	plain := archiveBytes(t, o)
-	name := testarchive.Filename(o)
+	name := samplearchive.Filename(o)
 	path := filepath.Join(e.ckDir, name)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	must(t, err)
@@ -188,9 +188,9 @@ func TestNotAdmittedWhileOpen(t *testing.T) {
 func TestStaleTail(t *testing.T) {
 	e := newEnv(t, envOpt{})
 	r := startDaemon(t, e, Options{})
-	o := testarchive.Options{Namespace: "default", Seed: 3, MemoryBytes: 128 << 10}
+	o := samplearchive.Options{Namespace: "default", Seed: 3, MemoryBytes: 128 << 10}
 	plain := archiveBytes(t, o)
-	name := testarchive.Filename(o)
+	name := samplearchive.Filename(o)
 	path := filepath.Join(e.ckDir, name)
 	// The old, longer file: written with a temporary name and renamed in
 	// while the daemon is not looking at it (it is a dotfile until then).
@@ -229,7 +229,7 @@ func TestStaleTail(t *testing.T) {
 func TestHostileEntries(t *testing.T) {
 	e := newEnv(t, envOpt{rescan: "1s"})
 	outside := filepath.Join(e.dir, "outside-secret.tar")
-	good := archiveBytes(t, testarchive.Options{Seed: 11})
+	good := archiveBytes(t, samplearchive.Options{Seed: 11})
 	must(t, os.WriteFile(outside, good, 0o600))
 	before, err := os.Stat(outside)
 	must(t, err)
@@ -243,9 +243,9 @@ func TestHostileEntries(t *testing.T) {
 	must(t, os.Mkdir(filepath.Join(e.ckDir, "checkpoint-dir_default-app-2026-03-13T21:43:06Z.tar"), 0o700))
 	must(t, os.WriteFile(filepath.Join(e.ckDir, "checkpoint-text_default-app-2026-03-13T21:43:06Z.tar"), bytes.Repeat([]byte("not a tar\n"), 500), 0o600))
 	must(t, os.WriteFile(filepath.Join(e.ckDir, "checkpoint-cut_default-app-2026-03-13T21:43:06Z.tar"), good[:len(good)-2048], 0o600))
-	cutAtHeader := archiveBytes(t, testarchive.Options{Seed: 12, Override: map[string][]byte{"zz-last": make([]byte, 512)}})
+	cutAtHeader := archiveBytes(t, samplearchive.Options{Seed: 12, Override: map[string][]byte{"zz-last": make([]byte, 512)}})
 	must(t, os.WriteFile(filepath.Join(e.ckDir, "checkpoint-cuthdr_default-app-2026-03-13T21:43:06Z.tar"), cutAtHeader[:len(cutAtHeader)-1024-1024], 0o600))
-	noSpec := archiveBytes(t, testarchive.Options{Seed: 13, Omit: []string{"spec.dump"}})
+	noSpec := archiveBytes(t, samplearchive.Options{Seed: 13, Omit: []string{"spec.dump"}})
 	must(t, os.WriteFile(filepath.Join(e.ckDir, "checkpoint-nospec_default-app-2026-03-13T21:43:06Z.tar"), noSpec, 0o600))
 
 	want := map[string]string{

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 )
 
 // TestNoPlaintextLeftBehind is the invariant "no plaintext checkpoint byte
@@ -25,15 +25,15 @@ func TestNoPlaintextLeftBehind(t *testing.T) {
 	e := newEnv(t, envOpt{})
 	r := startDaemon(t, e, Options{})
 
-	good := testarchive.Options{Namespace: "leak", Pod: "web", Container: "app", Seed: 7, MemoryBytes: 1 << 20}
+	good := samplearchive.Options{Namespace: "leak", Pod: "web", Container: "app", Seed: 7, MemoryBytes: 1 << 20}
 	// A stale tail: the same archive followed by old non-zero bytes. It is
 	// read and (partly) uploaded before the parser sees the tail; the
 	// daemon must withdraw the upload and leave only the original.
-	stale := testarchive.Options{Namespace: "leak", Pod: "db", Container: "app", Seed: 8, MemoryBytes: 1 << 20}
+	stale := samplearchive.Options{Namespace: "leak", Pod: "db", Container: "app", Seed: 8, MemoryBytes: 1 << 20}
 
 	plain := archiveBytes(t, good)
 	stalePlain := append(archiveBytes(t, stale), bytes.Repeat([]byte{0xA5}, 4096)...)
-	goodName, staleName := testarchive.Filename(good), testarchive.Filename(stale)
+	goodName, staleName := samplearchive.Filename(good), samplearchive.Filename(stale)
 	must(t, os.WriteFile(filepath.Join(e.ckDir, staleName), stalePlain, 0o600))
 	must(t, os.WriteFile(filepath.Join(e.ckDir, goodName), plain, 0o600))
 

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 )
 
@@ -36,9 +36,9 @@ func TestStoreOutage(t *testing.T) {
 
 	plains := map[string][]byte{}
 	drop := func(i int) {
-		o := testarchive.Options{Engine: testarchive.Engine(i % 2), Namespace: "burst", Pod: fmt.Sprintf("p-%d", i), Seed: int64(i), MemoryBytes: 1 << 20}
+		o := samplearchive.Options{Engine: samplearchive.Engine(i % 2), Namespace: "burst", Pod: fmt.Sprintf("p-%d", i), Seed: int64(i), MemoryBytes: 1 << 20}
 		b := archiveBytes(t, o)
-		name := testarchive.Filename(o)
+		name := samplearchive.Filename(o)
 		plains[name] = b
 		must(t, os.WriteFile(filepath.Join(e.ckDir, name), b, 0o600))
 	}

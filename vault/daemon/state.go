@@ -55,7 +55,7 @@ const (
 //	sealing, sealing/admitted, sealing/ciphertext-stored, sealing/sealed,
 //	sealing/objects-stored, uploaded, uploaded/audited,
 //	uploaded/proven-audited, proven, proven/pinned-audited, pinned,
-//	shredding, shredding/intent-audited, shredding/destroyed,
+//	shredding, shredding/intent-audited, shredding/claimed, shredding/destroyed,
 //	shredding/done-audited, shredded
 var testHookStage func(point string, p *Progress)
 
@@ -247,26 +247,4 @@ func (s *stateDB) Writable() error {
 		}
 		return b.Put([]byte("probe"), []byte(time.Now().UTC().Format(time.RFC3339Nano)))
 	})
-}
-
-// interruptedShred returns the progress of an earlier version of name on the
-// same inode whose shredding had started (a crash mid-overwrite changes the
-// mtime, so the file no longer matches its recorded version), or nil.
-func (s *stateDB) interruptedShred(name string, dev, ino uint64) (*Progress, error) {
-	var out *Progress
-	prefix := append([]byte(name), 0)
-	err := s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketProgress).Cursor()
-		for k, v := c.Seek(prefix); k != nil && len(k) >= len(prefix) && string(k[:len(prefix)]) == string(prefix); k, v = c.Next() {
-			var p Progress
-			if err := json.Unmarshal(v, &p); err != nil {
-				return err
-			}
-			if p.Stage == StageShredding && p.Dev == dev && p.Ino == ino {
-				out = &p
-			}
-		}
-		return nil
-	})
-	return out, err
 }

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 )
 
 // Object name suffixes, appended to a base key. docs/FORMAT.md "Object
@@ -141,48 +143,11 @@ func ShortID(in KeyInput) string {
 }
 
 // ValidateLabel checks a Kubernetes DNS-1123 label (namespace and
-// container names): 1–63 characters of a–z, 0–9 and "-", starting and
-// ending with a letter or digit. Such a name cannot contain "/", "..",
-// upper case or control characters, so it is safe as a key segment.
-func ValidateLabel(what, s string) error {
-	if err := validateDNS(what, s, 63, false); err != nil {
-		return err
-	}
-	return nil
-}
+// container names) by the one rule in internal/k8sname. Such a name cannot
+// contain "/", "..", upper case or control characters, so it is safe as a
+// key segment.
+func ValidateLabel(what, s string) error { return k8sname.Label.Check(what, s) }
 
 // ValidateSubdomain checks a Kubernetes DNS-1123 subdomain (pod and node
-// names): 1–253 characters, dot-separated labels as in ValidateLabel.
-func ValidateSubdomain(what, s string) error {
-	return validateDNS(what, s, 253, true)
-}
-
-func validateDNS(what, s string, maxLen int, dots bool) error {
-	bad := func(why string) error {
-		return fmt.Errorf("invalid %s name %q: %s (Kubernetes names are lowercase DNS-1123)", what, s, why)
-	}
-	if s == "" {
-		return bad("empty")
-	}
-	if len(s) > maxLen {
-		return bad(fmt.Sprintf("longer than %d characters", maxLen))
-	}
-	for _, label := range strings.Split(s, ".") {
-		if !dots && label != s {
-			return bad(`contains "."`)
-		}
-		if label == "" || len(label) > 63 {
-			return bad("empty or over-long dot-separated label")
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			switch {
-			case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-			case c == '-' && i > 0 && i < len(label)-1:
-			default:
-				return bad(fmt.Sprintf("character %q at offset %d is not allowed", c, i))
-			}
-		}
-	}
-	return nil
-}
+// names) by the one rule in internal/k8sname.
+func ValidateSubdomain(what, s string) error { return k8sname.Subdomain.Check(what, s) }

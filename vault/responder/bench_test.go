@@ -9,7 +9,7 @@ import (
 
 	"filippo.io/age"
 
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 	"github.com/checkpoint-vault/ckvault/internal/testvault"
 )
@@ -20,8 +20,8 @@ import (
 // cmd/ckvault).
 func BenchmarkFetch(b *testing.B) {
 	e := newEnv(b, string(testservers.MinIO))
-	p := filepath.Join(b.TempDir(), testarchive.Filename(testarchive.Options{}))
-	if err := testarchive.WriteFile(p, testarchive.Options{MemoryBytes: 256 << 20}); err != nil {
+	p := filepath.Join(b.TempDir(), samplearchive.Filename(samplearchive.Options{}))
+	if err := samplearchive.WriteFile(p, samplearchive.Options{MemoryBytes: 256 << 20}); err != nil {
 		b.Fatal(err)
 	}
 	m, _, err := testvault.Put(context.Background(), e.st, e.keys, p, "node-a")

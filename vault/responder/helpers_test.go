@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/checkpoint-vault/ckvault/audit"
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 	"github.com/checkpoint-vault/ckvault/internal/testvault"
 	"github.com/checkpoint-vault/ckvault/policy"
@@ -92,13 +92,13 @@ func newEnv(t testing.TB, backend string) *env {
 }
 
 // vault writes an archive for opts into the env's directory and vaults it.
-func (e *env) vault(t testing.TB, opts testarchive.Options) (path string, m *manifest.Manifest) {
+func (e *env) vault(t testing.TB, opts samplearchive.Options) (path string, m *manifest.Manifest) {
 	t.Helper()
 	adir := filepath.Join(e.dir, "archives", filepath.Base(t.TempDir()))
 	if err := os.MkdirAll(adir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	p, err := testarchive.WriteDir(adir, opts)
+	p, err := samplearchive.WriteDir(adir, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

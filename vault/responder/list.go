@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/checkpoint-vault/ckvault/crypto/signing"
+	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
 	"github.com/checkpoint-vault/ckvault/vault/store"
 )
@@ -68,7 +69,15 @@ func ParseBaseKey(base string) (p KeyParts, ok bool) {
 	if i <= 0 || !isHex(rest[i+1:]) || len(rest[i+1:]) != 12 {
 		return KeyParts{}, false
 	}
-	return KeyParts{Namespace: seg[0], Pod: seg[1], Container: seg[2], Node: rest[:i], ShortID: rest[i+1:], Checkpointed: t}, true
+	p = KeyParts{Namespace: seg[0], Pod: seg[1], Container: seg[2], Node: rest[:i], ShortID: rest[i+1:], Checkpointed: t}
+	// The components are the names a writer checked (internal/k8sname); a
+	// key whose parts break those rules was not written by one, and its
+	// parts must not be taken as an identity (the audit trail refuses them).
+	if !k8sname.Namespace.Valid(p.Namespace) || !k8sname.Pod.Valid(p.Pod) ||
+		!k8sname.Container.Valid(p.Container) || !k8sname.Node.Valid(p.Node) {
+		return KeyParts{}, false
+	}
+	return p, true
 }
 
 func isHex(s string) bool {

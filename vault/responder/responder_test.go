@@ -15,7 +15,7 @@ import (
 
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/crypto/envelope"
-	"github.com/checkpoint-vault/ckvault/internal/testarchive"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testtools"
 	"github.com/checkpoint-vault/ckvault/internal/testvault"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
@@ -29,9 +29,9 @@ func TestFetchRoundTrip(t *testing.T) {
 	for _, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
 			e := newEnv(t, backend)
-			for _, tt := range []testarchive.Options{
-				{Engine: testarchive.CRIO, Namespace: "payments", Pod: "api-0", Container: "server", MemoryBytes: 3<<20 + 17},
-				{Engine: testarchive.Containerd, Namespace: "payments", Pod: "api-1", Container: "server", DotSlash: true, MemoryBytes: 1 << 20},
+			for _, tt := range []samplearchive.Options{
+				{Engine: samplearchive.CRIO, Namespace: "payments", Pod: "api-0", Container: "server", MemoryBytes: 3<<20 + 17},
+				{Engine: samplearchive.Containerd, Namespace: "payments", Pod: "api-1", Container: "server", DotSlash: true, MemoryBytes: 1 << 20},
 			} {
 				t.Run(tt.Engine.String(), func(t *testing.T) {
 					orig, m := e.vault(t, tt)
@@ -127,7 +127,7 @@ func TestTamper(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			_, other := e.vault(t, testarchive.Options{Pod: "other-0", Seed: 99})
+			_, other := e.vault(t, samplearchive.Options{Pod: "other-0", Seed: 99})
 			oo := other.Objects()
 
 			seed := int64(0)
@@ -187,7 +187,7 @@ func TestTamper(t *testing.T) {
 			} {
 				t.Run(tt.name, func(t *testing.T) {
 					seed++
-					opts := testarchive.Options{Pod: "victim-0", Seed: seed, MemoryBytes: 256 << 10}
+					opts := samplearchive.Options{Pod: "victim-0", Seed: seed, MemoryBytes: 256 << 10}
 					var m *manifest.Manifest
 					if tt.do == nil {
 						// Vaulted by a key the responder does not trust.
@@ -195,7 +195,7 @@ func TestTamper(t *testing.T) {
 						if err != nil {
 							t.Fatal(err)
 						}
-						p, err := testarchive.WriteDir(t.TempDir(), opts)
+						p, err := samplearchive.WriteDir(t.TempDir(), opts)
 						if err != nil {
 							t.Fatal(err)
 						}
@@ -262,7 +262,7 @@ func TestTamper(t *testing.T) {
 // TestWrongIdentity names who the checkpoint was sealed to.
 func TestWrongIdentity(t *testing.T) {
 	e := newEnv(t, "file")
-	_, m := e.vault(t, testarchive.Options{})
+	_, m := e.vault(t, samplearchive.Options{})
 	other, err := testvault.NewKeys(t.TempDir(), false)
 	if err != nil {
 		t.Fatal(err)
@@ -286,7 +286,7 @@ func TestWrongIdentity(t *testing.T) {
 // TestFetchRefusesOverwrite keeps an existing output unless forced.
 func TestFetchRefusesOverwrite(t *testing.T) {
 	e := newEnv(t, "file")
-	orig, m := e.vault(t, testarchive.Options{})
+	orig, m := e.vault(t, samplearchive.Options{})
 	out := filepath.Join(t.TempDir(), "out.tar")
 	if err := os.WriteFile(out, []byte("keep"), 0o600); err != nil {
 		t.Fatal(err)
@@ -325,7 +325,7 @@ func (f *failingAuditor) Append(_ context.Context, r audit.Record) (uint64, erro
 // durable outcome the fetched file is destroyed, not published.
 func TestAuditFailsClosed(t *testing.T) {
 	e := newEnv(t, "file")
-	_, m := e.vault(t, testarchive.Options{})
+	_, m := e.vault(t, samplearchive.Options{})
 	for _, n := range []int{0, 1} {
 		fa := &failingAuditor{n: n}
 		r := *e.r
@@ -349,10 +349,10 @@ func TestListAndResolve(t *testing.T) {
 	e := newEnv(t, "file")
 	ctx := context.Background()
 	var ms []*manifest.Manifest
-	for i, o := range []testarchive.Options{
-		{Namespace: "a", Pod: "p1", Container: "c", CheckpointedAt: testarchive.DefaultTime},
-		{Namespace: "a", Pod: "p2", Container: "c", CheckpointedAt: testarchive.DefaultTime.Add(time.Hour)},
-		{Namespace: "b", Pod: "p1", Container: "d", CheckpointedAt: testarchive.DefaultTime.Add(2 * time.Hour)},
+	for i, o := range []samplearchive.Options{
+		{Namespace: "a", Pod: "p1", Container: "c", CheckpointedAt: samplearchive.DefaultTime},
+		{Namespace: "a", Pod: "p2", Container: "c", CheckpointedAt: samplearchive.DefaultTime.Add(time.Hour)},
+		{Namespace: "b", Pod: "p1", Container: "d", CheckpointedAt: samplearchive.DefaultTime.Add(2 * time.Hour)},
 	} {
 		o.Seed = int64(i)
 		_, m := e.vault(t, o)
@@ -390,8 +390,8 @@ func TestListAndResolve(t *testing.T) {
 		{ListOptions{Container: "d"}, 1},
 		{ListOptions{Node: "node-a"}, 5},
 		{ListOptions{Node: "node-b"}, 0},
-		{ListOptions{Since: testarchive.DefaultTime.Add(time.Hour)}, 2},
-		{ListOptions{Until: testarchive.DefaultTime.Add(time.Hour)}, 3},
+		{ListOptions{Since: samplearchive.DefaultTime.Add(time.Hour)}, 2},
+		{ListOptions{Until: samplearchive.DefaultTime.Add(time.Hour)}, 3},
 	} {
 		got, err := e.r.List(ctx, tt.opts)
 		if err != nil || len(got) != tt.want {
@@ -453,7 +453,7 @@ func FuzzParseBaseKey(f *testing.F) {
 // marks it.
 func TestInspectUnverified(t *testing.T) {
 	e := newEnv(t, "file")
-	_, m := e.vault(t, testarchive.Options{MemoryBytes: 512 << 10})
+	_, m := e.vault(t, samplearchive.Options{MemoryBytes: 512 << 10})
 	b, _ := testvault.GetBytes(t.Context(), e.st, m.Objects().Ciphertext)
 	b[len(b)-100] ^= 1 // in the last chunk: the archive itself parses
 	testvault.PutBytes(t.Context(), e.st, m.Objects().Ciphertext, b)

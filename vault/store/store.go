@@ -34,6 +34,9 @@ var (
 	// ErrUnsupported: the backend cannot do what was asked (for example
 	// legal hold on a bucket without Object Lock).
 	ErrUnsupported = errors.New("not supported by this store")
+	// ErrExists: a Put with PutOptions.IfAbsent found the key already
+	// holding an object. Nothing was replaced.
+	ErrExists = errors.New("object already exists")
 )
 
 // Checksum is a full-object checksum computed by both sides of an upload.
@@ -92,6 +95,13 @@ func (r Retention) Validate() error {
 type PutOptions struct {
 	ContentType string
 	Retention   Retention
+	// IfAbsent makes Put create-only: if key already has a current
+	// version, Put fails with ErrExists and replaces nothing. The daemon
+	// writes every object of a checkpoint this way, so a bug or a
+	// collision can never overwrite another archive's object; a caller
+	// that retries its own Put checks whether the existing object is the
+	// one it meant to write.
+	IfAbsent bool
 }
 
 // Object is an open stored object: it streams (Read) and allows random
@@ -116,9 +126,10 @@ type Store interface {
 	// ErrIncomplete and the object does not count as stored. A reader that
 	// yields more or fewer than size bytes is an error.
 	//
-	// Put is idempotent: putting the same bytes under the same key again
-	// succeeds (a versioned bucket keeps one more version). Overwriting a
-	// locked object fails with ErrLocked. A failed or interrupted Put never
+	// Without IfAbsent, Put is idempotent: putting the same bytes under the
+	// same key again succeeds (a versioned bucket keeps one more version);
+	// with IfAbsent an existing object fails it with ErrExists. Overwriting
+	// a locked object fails with ErrLocked. A failed or interrupted Put never
 	// leaves an object visible as complete under key.
 	Put(ctx context.Context, key string, r io.Reader, size int64, opts PutOptions) (ObjectInfo, error)
 

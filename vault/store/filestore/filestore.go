@@ -38,6 +38,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -59,6 +60,9 @@ const defaultPageSize = 1000
 type Store struct {
 	root string
 	now  func() time.Time
+	// createMu serialises create-only Puts (PutOptions.IfAbsent) within
+	// this process, the only writer a file store has.
+	createMu sync.Mutex
 }
 
 var (
@@ -178,7 +182,17 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, op
 	if err := opts.Retention.Validate(); err != nil {
 		return store.ObjectInfo{}, fmt.Errorf("file store %s: put %q: %v", s.root, key, err)
 	}
-	if err := s.checkUnlocked(key, "overwrite"); err != nil {
+	if opts.IfAbsent {
+		// Serialise create-only Puts: the existence check and the rename
+		// below must not interleave with another create of the same key.
+		s.createMu.Lock()
+		defer s.createMu.Unlock()
+		if _, err := os.Lstat(s.dataPath(key)); err == nil {
+			return store.ObjectInfo{}, fmt.Errorf("file store %s: create %q: %w", s.root, key, store.ErrExists)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return store.ObjectInfo{}, fmt.Errorf("file store %s: create %q: %v", s.root, key, err)
+		}
+	} else if err := s.checkUnlocked(key, "overwrite"); err != nil {
 		return store.ObjectInfo{}, err
 	}
 	dst := s.dataPath(key)

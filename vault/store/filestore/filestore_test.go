@@ -141,3 +141,13 @@ func TestCheck(t *testing.T) {
 		t.Errorf("Check(read-only) = %v, want ErrPermanent", err)
 	}
 }
+
+func TestVersionConformance(t *testing.T) {
+	storetest.RunVersions(t, func(t *testing.T) storetest.VersionStore {
+		s, err := New(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}, storetest.Caps{ObjectLock: true})
+}

@@ -60,6 +60,9 @@ func (s *Store) wrap(op, key string, err error) error {
 	switch resp.Code {
 	case "NoSuchKey", "NoSuchVersion", "NoSuchObject":
 		return fmt.Errorf("%s: %w", where, store.ErrNotExist)
+	case "PreconditionFailed":
+		// Only create-only Puts send a precondition (If-None-Match: *).
+		return fmt.Errorf("%s: %w", where, store.ErrExists)
 	case "NoSuchBucket":
 		return fmt.Errorf("%s: bucket %q does not exist (create it, or fix the store URL): %w", where, s.bucket, store.ErrPermanent)
 	case "InvalidAccessKeyId", "XAdminUserNotFound":

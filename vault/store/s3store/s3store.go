@@ -451,7 +451,11 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, op
 	if err := opts.Retention.Validate(); err != nil {
 		return store.ObjectInfo{}, fmt.Errorf("store %s: put %q: %v", s.Describe(), key, err)
 	}
-	if err := s.checkUnlocked(ctx, key, "overwrite"); err != nil {
+	if opts.IfAbsent {
+		if err := s.checkAbsent(ctx, key); err != nil {
+			return store.ObjectInfo{}, err
+		}
+	} else if err := s.checkUnlocked(ctx, key, "overwrite"); err != nil {
 		return store.ObjectInfo{}, err
 	}
 	seeker, _ := r.(io.Seeker)
@@ -526,6 +530,12 @@ func (s *Store) putOnce(ctx context.Context, key string, r io.Reader, size int64
 	}
 	if opts.Retention.LegalHold {
 		popts.LegalHold = minio.LegalHoldEnabled
+	}
+	if opts.IfAbsent {
+		// If-None-Match: * makes the server itself refuse an existing key
+		// (412), closing the window between checkAbsent and this upload
+		// on servers that support conditional writes.
+		popts.SetMatchETagExcept("*")
 	}
 	fk := s.fullKey(key)
 	info, err := s.c.PutObject(ctx, s.bucket, fk, hr, size, popts)
@@ -625,6 +635,18 @@ func (s *Store) checkUnlocked(ctx context.Context, key, op string) error {
 		return fmt.Errorf("store %s: %s %q: retained until %s: %w", s.Describe(), op, key, oi.RetainUntil.UTC().Format(time.RFC3339), store.ErrLocked)
 	}
 	return nil
+}
+
+// checkAbsent refuses a create-only Put when key has a current version.
+func (s *Store) checkAbsent(ctx context.Context, key string) error {
+	_, err := s.Stat(ctx, key)
+	switch {
+	case errors.Is(err, store.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	}
+	return fmt.Errorf("store %s: create %q: %w", s.Describe(), key, store.ErrExists)
 }
 
 // Stat returns the current version's metadata.

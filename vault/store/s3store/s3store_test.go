@@ -67,3 +67,14 @@ func writeFile(t *testing.T, name, content string) {
 		t.Fatal(err)
 	}
 }
+
+func TestVersionConformance(t *testing.T) {
+	for _, kind := range testservers.Kinds {
+		t.Run(string(kind), func(t *testing.T) {
+			srv := testservers.Shared(t, kind)
+			storetest.RunVersions(t, func(t *testing.T) storetest.VersionStore {
+				return newFor(t, srv, nil)
+			}, storetest.Caps{Versioned: true, ObjectLock: true})
+		})
+	}
+}

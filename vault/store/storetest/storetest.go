@@ -50,6 +50,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store, caps Caps) {
 	t.Run("WrongSize", func(t *testing.T) { testWrongSize(t, newStore(t)) })
 	t.Run("Cancelled", func(t *testing.T) { testCancelled(t, newStore(t)) })
 	t.Run("Overwrite", func(t *testing.T) { testOverwrite(t, newStore(t), caps) })
+	t.Run("IfAbsent", func(t *testing.T) { testIfAbsent(t, newStore(t), caps) })
 	t.Run("Missing", func(t *testing.T) { testMissing(t, newStore(t)) })
 	t.Run("Delete", func(t *testing.T) { testDelete(t, newStore(t)) })
 	t.Run("List", func(t *testing.T) { testList(t, newStore(t)) })
@@ -255,6 +256,41 @@ func testOverwrite(t *testing.T, s store.Store, caps Caps) {
 		if got := readAll(t, s, "k"); !bytes.Equal(got, b) {
 			t.Error("deleting an old version changed the current one")
 		}
+	}
+}
+
+// testIfAbsent: a create-only Put never replaces an existing object, locked
+// or not, and creates a missing one.
+func testIfAbsent(t *testing.T, s store.Store, caps Caps) {
+	ctx := context.Background()
+	a, b := Data(7, 3000), Data(8, 3000)
+	create := store.PutOptions{IfAbsent: true}
+	put(t, s, "new", a, create)
+	if got := readAll(t, s, "new"); !bytes.Equal(got, a) {
+		t.Fatal("create-only Put of a new key did not store it")
+	}
+	_, err := s.Put(ctx, "new", bytes.NewReader(b), int64(len(b)), create)
+	if !errors.Is(err, store.ErrExists) {
+		t.Fatalf("create-only Put over an existing object: err = %v, want ErrExists", err)
+	}
+	if got := readAll(t, s, "new"); !bytes.Equal(got, a) {
+		t.Fatal("create-only Put replaced an existing object")
+	}
+	if caps.ObjectLock {
+		lock := store.PutOptions{IfAbsent: true, Retention: store.Retention{Mode: "compliance", Until: lockUntil()}}
+		put(t, s, "locked", a, lock)
+		_, err := s.Put(ctx, "locked", bytes.NewReader(b), int64(len(b)), lock)
+		if !errors.Is(err, store.ErrExists) {
+			t.Fatalf("create-only Put over a locked object: err = %v, want ErrExists", err)
+		}
+	}
+	// A key whose object was deleted can be created again.
+	if err := s.Delete(ctx, "new", ""); err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "new", b, create)
+	if got := readAll(t, s, "new"); !bytes.Equal(got, b) {
+		t.Fatal("create-only Put after Delete did not store the new content")
 	}
 }
 

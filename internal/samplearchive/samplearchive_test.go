@@ -1,4 +1,4 @@
-package testarchive
+package samplearchive
 
 import (
 	"archive/tar"

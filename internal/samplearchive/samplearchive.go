@@ -1,4 +1,4 @@
-// Package testarchive generates container checkpoint archives in the
+// Package samplearchive generates container checkpoint archives in the
 // layouts CRI-O and containerd write, for tests and the demo.
 //
 // CRIU cannot dump processes on every kernel a test runs on, so the
@@ -10,7 +10,7 @@
 // inspect --stats` accept them), a pages-1.img of the requested size filled
 // with seeded pseudo-random bytes (deterministic for a seed), and a
 // rootfs-diff.tar (gzip-compressed for containerd, as containerd does).
-package testarchive
+package samplearchive
 
 import (
 	"archive/tar"
@@ -186,7 +186,7 @@ func Write(w io.Writer, opts Options) error {
 			hdr.Typeflag, hdr.Size = tar.TypeReg, m.size
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
-			return fmt.Errorf("testarchive: writing header of %s: %w", name, err)
+			return fmt.Errorf("samplearchive: writing header of %s: %w", name, err)
 		}
 		switch {
 		case m.stream != nil:
@@ -195,7 +195,7 @@ func Write(w io.Writer, opts Options) error {
 			_, err = tw.Write(m.data)
 		}
 		if err != nil {
-			return fmt.Errorf("testarchive: writing %s: %w", name, err)
+			return fmt.Errorf("samplearchive: writing %s: %w", name, err)
 		}
 	}
 	// Added members (in Override but not generated), in name order.
@@ -466,6 +466,8 @@ func statsDump(pagesBytes int64) []byte {
 func NewPageReader(seed int64) io.Reader {
 	var s [32]byte
 	binary.LittleEndian.PutUint64(s[:], uint64(seed))
+	// The seed label keeps the package's former name on purpose: changing
+	// it would change every generated archive's bytes for a given seed.
 	copy(s[8:], "ckvault testarchive pages")
 	return rand.NewChaCha8(s)
 }

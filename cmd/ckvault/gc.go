@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/checkpoint-vault/ckvault/internal/termsafe"
+	"github.com/checkpoint-vault/ckvault/policy"
+	"github.com/checkpoint-vault/ckvault/vault/gc"
+	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
+)
+
+type gcOptions struct {
+	config           string
+	output           string
+	dryRun           bool
+	bypassGovernance bool
+}
+
+func newGCCommand() *cobra.Command {
+	var o gcOptions
+	cmd := &cobra.Command{
+		Use:   "gc --config F [--dry-run]",
+		Short: "Apply the retention policy: delete expired checkpoints and abandoned uploads",
+		Long: `gc applies the config's retention: section to the vault. Each checkpoint falls
+under its most specific policy (containers > pods > namespaces > global); within
+a policy the oldest go first until maxCount, maxTotalSize and maxAge all hold.
+
+  pinned      a checkpoint with a legal hold (ckvault pin) counts toward the
+              limits but never goes; the next oldest goes instead
+  deferred    a due checkpoint still under Object Lock retention goes in a
+              later run, once the retention has ended (governance retention
+              is bypassed only with --bypass-governance, compliance never)
+  orphans     objects without a manifest (abandoned uploads) go once older
+              than retention.orphanGrace
+  unverified  a manifest that does not verify is never deleted, only reported
+              (exit status 3): tampering, or a trusted key missing from
+              signing.publicKeys
+
+Deleting means every version of all six objects, delete markers included, the
+manifest first; an intent object (gc/intents/) and an audit record precede
+each deletion, so an interrupted run is finished by the next one. Exported
+audit segments are never touched.
+
+--dry-run prints exactly what a real run would delete, and why, and changes
+nothing. -o json prints the plan (and, for a real run, the result) as JSON.`,
+		Example: `  ckvault gc --config /etc/ckvault/ckvault.yaml --dry-run
+  ckvault gc --config /etc/ckvault/ckvault.yaml -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.run(cmd.Context(), cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.config, "config", defaultConfigPath, "configuration file (store, trusted keys, retention:)")
+	f.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
+	f.BoolVar(&o.dryRun, "dry-run", false, "print what would be deleted and why; delete nothing")
+	f.BoolVar(&o.bypassGovernance, "bypass-governance", false, "also delete versions under GOVERNANCE retention (audited; needs s3:BypassGovernanceRetention); compliance is never bypassed")
+	return cmd
+}
+
+// openGCStore opens the store for retention: without the config's
+// objectLock, so that GC's own intent objects are not locked for the
+// retention period, and with the version operations GC needs.
+func openGCStore(cfg *policy.Config) (gc.Store, error) {
+	sc := cfg.Store
+	sc.ObjectLock = nil
+	st, err := storeconfig.Open(sc, slog.Default())
+	if err != nil {
+		return nil, err
+	}
+	vs, ok := st.(gc.Store)
+	if !ok {
+		return nil, fmt.Errorf("store %s cannot list and delete object versions, which retention needs", st.Describe())
+	}
+	return vs, nil
+}
+
+// gcReport is `gc -o json`.
+type gcReport struct {
+	DryRun bool     `json:"dryRun"`
+	Plan   *gc.Plan `json:"plan"`
+	// Deleted and Failed are set for a real run.
+	Deleted []gc.Action `json:"deleted,omitempty"`
+	Failed  []gcFailure `json:"failed,omitempty"`
+}
+
+type gcFailure struct {
+	Base  string `json:"base"`
+	Error string `json:"error"`
+}
+
+func (o *gcOptions) run(ctx context.Context, w io.Writer) error {
+	if err := checkOutput(o.output, "table", "json"); err != nil {
+		return err
+	}
+	cfg, err := policy.Load(o.config)
+	if err != nil {
+		return err
+	}
+	if cfg.Retention == nil {
+		return fmt.Errorf("config %s has no retention: section; add one (deploy/ckvault.example.yaml documents it) to say what gc may delete", o.config)
+	}
+	tk, err := trustedKeys(cfg)
+	if err != nil {
+		return fmt.Errorf("%v: gc deletes only checkpoints whose manifest it can verify", err)
+	}
+	st, err := openGCStore(cfg)
+	if err != nil {
+		return err
+	}
+	trail, closeTrail, err := openResponderAudit(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := closeTrail(); err != nil {
+			slog.Warn("closing the audit trail", "err", err)
+		}
+	}()
+	opts := gc.Options{Policy: cfg.Retention, Trusted: tk, Audit: trail, Actor: localActor(),
+		BypassGovernance: o.bypassGovernance}
+	plan, err := gc.PlanRun(ctx, st, opts)
+	if err != nil {
+		return err
+	}
+	rep := gcReport{DryRun: o.dryRun, Plan: plan}
+	var runErr error
+	if !o.dryRun {
+		res, err := gc.Execute(ctx, st, opts, plan)
+		if res != nil {
+			rep.Deleted = res.Deleted
+			for _, f := range res.Failed {
+				rep.Failed = append(rep.Failed, gcFailure{Base: f.Action.Base, Error: f.Err.Error()})
+			}
+		}
+		runErr = err
+	}
+	if o.output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else if err := printGC(w, &rep); err != nil {
+		return err
+	}
+	switch {
+	case runErr != nil:
+		return runErr
+	case len(rep.Failed) > 0:
+		return fmt.Errorf("%d of %d deletions failed (first: %s: %s); an intent is left for each, and the next run finishes them", len(rep.Failed), len(plan.Delete), rep.Failed[0].Base, rep.Failed[0].Error)
+	case len(plan.Unverified) > 0:
+		return fmt.Errorf("%w: %d objects have a manifest (or GC intent) that does not verify; gc kept them: check them with `ckvault verify`, and that signing.publicKeys lists every key that ever signed", errVerification, len(plan.Unverified))
+	}
+	return nil
+}
+
+func printGC(w io.Writer, rep *gcReport) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	verb := "DELETE"
+	if rep.DryRun {
+		verb = "WOULD DELETE"
+	}
+	failed := map[string]bool{}
+	for _, f := range rep.Failed {
+		failed[f.Base] = true
+	}
+	fmt.Fprintln(tw, "ACTION\tOBJECT\tPOLICY\tWHY")
+	p := rep.Plan
+	for _, a := range p.Delete {
+		v := verb
+		if failed[a.Base] {
+			v = "FAILED"
+		}
+		why := a.Reason
+		if a.Bypass != "" {
+			why += " (bypassing " + a.Bypass + " retention)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\n", v, termsafe.String(a.Base), termsafe.String(a.Policy), a.Limit, termsafe.String(oneLine(why)))
+	}
+	for _, l := range []struct {
+		what string
+		hs   []gc.Held
+	}{{"PINNED", p.Pinned}, {"DEFERRED", p.Deferred}, {"ABANDON", p.Abandon}, {"YOUNG ORPHAN", p.YoungOrphans}} {
+		for _, h := range l.hs {
+			fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\n", l.what, termsafe.String(h.Base), termsafe.String(h.Policy), h.Limit, termsafe.String(oneLine(h.Why)))
+		}
+	}
+	for _, u := range p.Unverified {
+		fmt.Fprintf(tw, "UNVERIFIED\t%s\t-\t%s\n", termsafe.String(u.Base), termsafe.String(oneLine(u.Err)))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	var bytes int64
+	for _, a := range p.Delete {
+		bytes += a.Size
+	}
+	_, err := fmt.Fprintf(w, "%d checkpoints verified, %d kept; %s %d (%s); %d pinned, %d deferred, %d young orphans, %d unverified\n",
+		p.Checkpoints, p.Kept, map[bool]string{true: "would delete", false: "deleted"}[rep.DryRun], len(p.Delete)-len(rep.Failed),
+		humanBytes(bytes), len(p.Pinned), len(p.Deferred), len(p.YoungOrphans), len(p.Unverified))
+	return err
+}

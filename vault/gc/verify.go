@@ -1,0 +1,117 @@
+package gc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/checkpoint-vault/ckvault/crypto/signing"
+	"github.com/checkpoint-vault/ckvault/vault/manifest"
+	"github.com/checkpoint-vault/ckvault/vault/store"
+)
+
+// errTransient marks a store failure while verifying: the run stops rather
+// than report a healthy checkpoint as unverified.
+var errTransient = errors.New("store error")
+
+// maxSigSize bounds a signature object (real ones are a few KiB).
+const maxSigSize = 64 << 10
+
+func readSmall(ctx context.Context, st store.Store, key string, max int64) ([]byte, error) {
+	o, err := st.Open(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	defer o.Close()
+	b, err := io.ReadAll(io.LimitReader(o, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", key, err)
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s is larger than the %d bytes allowed", key, max)
+	}
+	return b, nil
+}
+
+// verifyManifest checks the manifest of base as docs/FORMAT.md prescribes
+// (signature over the exact bytes under a trusted key, strict parse, key
+// binding), through manifest.Verify. Only a verified manifest's identity,
+// time and size decide what GC deletes.
+func verifyManifest(ctx context.Context, st store.Store, trusted *signing.TrustedKeys, base string) (*manifest.Manifest, error) {
+	objs := manifest.ObjectsFor(base)
+	mb, err := readSmall(ctx, st, objs.Manifest, manifest.MaxSize)
+	if err != nil {
+		if errors.Is(err, store.ErrNotExist) {
+			return nil, fmt.Errorf("%s: manifest vanished while GC ran", base)
+		}
+		return nil, fmt.Errorf("%w: %v", errTransient, err)
+	}
+	var sig []byte
+	for _, k := range []string{objs.ManifestSig, objs.ManifestBundle} {
+		b, err := readSmall(ctx, st, k, maxSigSize)
+		if errors.Is(err, store.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errTransient, err)
+		}
+		sig = b
+		break
+	}
+	if sig == nil {
+		return nil, fmt.Errorf("%s: manifest is unsigned (neither %s nor %s exists)", base, objs.ManifestSig, objs.ManifestBundle)
+	}
+	return manifest.Verify(mb, sig, trusted, base)
+}
+
+// intent is the body of an intent object.
+type intent struct {
+	Base   string    `json:"base"`
+	Policy string    `json:"policy"`
+	Limit  string    `json:"limit"`
+	Reason string    `json:"reason"`
+	Actor  string    `json:"actor"`
+	Time   time.Time `json:"time"`
+}
+
+const maxIntentSize = 16 << 10
+
+// readIntent reads and checks an intent object: it must name the base key
+// its own key is derived from, so an intent cannot point GC elsewhere.
+func readIntent(ctx context.Context, st store.Store, key string) (*intent, error) {
+	b, err := readSmall(ctx, st, key, maxIntentSize)
+	if err != nil {
+		if errors.Is(err, store.ErrNotExist) {
+			return nil, fmt.Errorf("intent %s vanished while GC ran", key)
+		}
+		return nil, fmt.Errorf("%w: %v", errTransient, err)
+	}
+	in, err := parseIntent(b)
+	if err != nil {
+		return nil, fmt.Errorf("intent %s: %v; remove it once you have checked the objects it names", key, err)
+	}
+	if IntentKey(in.Base) != key {
+		return nil, fmt.Errorf("intent %s names base %q, which is not its own; ignored (remove it)", key, in.Base)
+	}
+	return in, nil
+}
+
+// parseIntent decodes an intent strictly.
+func parseIntent(b []byte) (*intent, error) {
+	var in intent
+	dec := json.NewDecoder(bytesReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		return nil, fmt.Errorf("not a GC intent: %v", err)
+	}
+	if dec.More() {
+		return nil, errors.New("not a GC intent: data after the object")
+	}
+	if _, ok := manifest.BaseKeyOf(in.Base + manifest.SuffixManifest); !ok || store.ValidKey(in.Base) != nil {
+		return nil, fmt.Errorf("base %q is not a valid base key", in.Base)
+	}
+	return &in, nil
+}
