@@ -126,21 +126,16 @@ func (o *gcOptions) run(ctx context.Context, w io.Writer) error {
 	}()
 	opts := gc.Options{Policy: cfg.Retention, Trusted: tk, Audit: trail, Actor: localActor(),
 		BypassGovernance: o.bypassGovernance}
-	plan, err := gc.PlanRun(ctx, st, opts)
-	if err != nil {
-		return err
+	plan, res, runErr := gc.Run(ctx, st, opts, o.dryRun)
+	if plan == nil {
+		return runErr
 	}
 	rep := gcReport{DryRun: o.dryRun, Plan: plan}
-	var runErr error
-	if !o.dryRun {
-		res, err := gc.Execute(ctx, st, opts, plan)
-		if res != nil {
-			rep.Deleted = res.Deleted
-			for _, f := range res.Failed {
-				rep.Failed = append(rep.Failed, gcFailure{Base: f.Action.Base, Error: f.Err.Error()})
-			}
+	if res != nil {
+		rep.Deleted = res.Deleted
+		for _, f := range res.Failed {
+			rep.Failed = append(rep.Failed, gcFailure{Base: f.Action.Base, Error: f.Err.Error()})
 		}
-		runErr = err
 	}
 	if o.output == "json" {
 		enc := json.NewEncoder(w)

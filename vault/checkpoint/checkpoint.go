@@ -98,7 +98,9 @@ type Limits struct {
 	MaxNameBytes int
 }
 
-func (l Limits) withDefaults() Limits {
+// WithDefaults returns l with the default for every zero field: the
+// limits a reader actually applies.
+func (l Limits) WithDefaults() Limits {
 	if l.MaxDumpSize <= 0 {
 		l.MaxDumpSize = 1 << 20
 	}

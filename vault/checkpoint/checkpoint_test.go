@@ -280,7 +280,7 @@ func FuzzParse(f *testing.F) {
 	for _, s := range hostiletar.Seeds(small) {
 		f.Add(s)
 	}
-	maxNames := (Limits{}).withDefaults().MaxListedNameBytes
+	maxNames := (Limits{}).WithDefaults().MaxListedNameBytes
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var work parseWork
 		info, err := parseInto(onlyReader{bytes.NewReader(data)}, Limits{}, &work)

@@ -126,7 +126,7 @@ func TestListedNamesBounded(t *testing.T) {
 	for _, m := range info.Members {
 		kept += len(m.Name)
 	}
-	if lim := (Limits{}).withDefaults().MaxListedNameBytes; kept > lim || work.listedBytes != kept {
+	if lim := (Limits{}).WithDefaults().MaxListedNameBytes; kept > lim || work.listedBytes != kept {
 		t.Errorf("kept %d bytes of names (counted %d), over the %d-byte bound", kept, work.listedBytes, lim)
 	}
 	if info.MemberCount < 2000 {

@@ -28,7 +28,7 @@ import (
 //
 // A name or link target longer than lim.MaxNameBytes is ErrTooLarge.
 func CheckHeader(h *tar.Header, lim Limits) (dataSize int64, err error) {
-	lim = lim.withDefaults()
+	lim = lim.WithDefaults()
 	if len(h.Name) > lim.MaxNameBytes {
 		return 0, fmt.Errorf("%w: a member name of %d bytes (%s), over the %d-byte limit",
 			ErrTooLarge, len(h.Name), quoteShort(h.Name), lim.MaxNameBytes)

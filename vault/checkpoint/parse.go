@@ -98,7 +98,7 @@ type parseWork struct {
 }
 
 func parseInto(r io.Reader, lim Limits, work *parseWork) (*Info, error) {
-	lim = lim.withDefaults()
+	lim = lim.WithDefaults()
 	cr := &countingReader{r: r}
 	tr := tar.NewReader(cr)
 	info := &Info{}

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -254,5 +255,68 @@ func TestHostileArchives(t *testing.T) {
 		if !found {
 			t.Errorf("%s: no rejected record", h.name)
 		}
+	}
+}
+
+// BenchmarkHostilePeakRSS runs a child daemon (the production process:
+// soft memory limit, SIGTERM handling; a plain signing key, so that the
+// cosign key's scrypt at start is not what is measured) on the hostile set
+// with 64 × 1 MB names per archive, then a good archive, and reports the
+// daemon's peak RSS from the moment it was idle, and how long it took to
+// exit after SIGTERM with two 8 TiB sparse archives just dropped.
+func BenchmarkHostilePeakRSS(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		e := newEnv(b, envOpt{})
+		writePlainSigningKey(b, e)
+		set := hostileSet(64)
+		staging := filepath.Join(e.dir, "staging")
+		must(b, os.Mkdir(staging, 0o700))
+		for j, h := range set {
+			writeHostile(b, staging, h, int64(300+j))
+		}
+		good := samplearchive.Options{Seed: 9, Namespace: "team-a", Pod: "after-the-storm", Container: "app"}
+		must(b, samplearchive.WriteFile(filepath.Join(staging, samplearchive.Filename(good)), good))
+
+		cmd := startChild(b, e)
+		time.Sleep(time.Second)
+		must(b, os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", cmd.Process.Pid), []byte("5"), 0))
+		idle, err := vmHWM(cmd.Process.Pid)
+		must(b, err)
+		t0 := time.Now()
+		for _, h := range set {
+			must(b, os.Rename(filepath.Join(staging, h.name), filepath.Join(e.ckDir, h.name)))
+		}
+		must(b, os.Rename(filepath.Join(staging, samplearchive.Filename(good)), filepath.Join(e.ckDir, samplearchive.Filename(good))))
+		// Vaulted archives leave the directory; the rejected ones stay.
+		want := 1
+		for _, h := range set {
+			if h.reason != "" {
+				want++
+			}
+		}
+		for len(listTars(b, e.ckDir)) > want-1 && time.Since(t0) < 5*time.Minute {
+			time.Sleep(50 * time.Millisecond)
+		}
+		all := time.Since(t0)
+		hwm, err := vmHWM(cmd.Process.Pid)
+		must(b, err)
+
+		for j, h := range set[:2] {
+			h.name = strings.Replace(h.name, "checkpoint-", "checkpoint-again-", 1)
+			writeHostile(b, e.ckDir, h, int64(400+j))
+		}
+		t1 := time.Now()
+		must(b, cmd.Process.Signal(syscall.SIGTERM))
+		if err := cmd.Wait(); err != nil {
+			b.Errorf("daemon exit: %v", err)
+		}
+		stop := time.Since(t1)
+		if n := len(listTars(b, e.ckDir)); n != want-1+2 {
+			b.Errorf("%d archives left in the directory, want the %d rejected ones", n, want-1+2)
+		}
+		b.ReportMetric(float64(hwm)/(1<<20), "peakRSS-MiB")
+		b.ReportMetric(float64(idle)/(1<<20), "idleRSS-MiB")
+		b.ReportMetric(all.Seconds(), "all-s")
+		b.ReportMetric(float64(stop.Milliseconds()), "sigterm-exit-ms")
 	}
 }

@@ -28,17 +28,11 @@ import (
 // the pre-scan's (a hostile archive with two spec.dump members, say), the
 // uploaded ciphertext is deleted and the archive is rejected.
 
-// maxMembers bounds the header walk, as checkpoint.Limits' default does.
-const maxMembers = 1_000_000
-
-// prescanDumpLimit bounds config.dump and spec.dump, as checkpoint.Limits'
-// default does.
-const prescanDumpLimit = 1 << 20
-
 // prescan reads the identity of the archive in r (size bytes) from its tar
 // headers and dump members. Errors wrap the checkpoint package's sentinels,
 // so admit.ReasonOf classifies them; an error for which ctx.Err() is set is
-// a cancellation, not a verdict on the archive.
+// a cancellation and one that admit.ReasonOf calls ReasonIO a read error of
+// the file: neither is a verdict on the archive.
 //
 // The work is bounded by the archive's size on disk: every header passes
 // checkpoint.CheckHeader (the same member rules and limits as the one pass:
@@ -46,8 +40,9 @@ const prescanDumpLimit = 1 << 20
 // seeked over, and only the two dumps are read, within the dump limit. Each
 // read checks ctx, so a stop interrupts even a walk of a million headers.
 func prescan(ctx context.Context, r io.ReaderAt, size int64) (*checkpoint.Info, error) {
-	lim := checkpoint.Limits{} // the inspector's defaults: one rule for both readers
-	sr := io.NewSectionReader(&ctxReaderAt{ctx: ctx, r: r}, 0, size)
+	lim := checkpoint.Limits{}.WithDefaults() // the inspector's limits: one rule for both readers
+	ra := &guardedReaderAt{ctx: ctx, r: r}
+	sr := io.NewSectionReader(ra, 0, size)
 	tr := tar.NewReader(sr)
 	var config, spec []byte
 	haveCheckpointDir := false
@@ -65,16 +60,16 @@ func prescan(ctx context.Context, r io.ReaderAt, size int64) (*checkpoint.Info, 
 			break
 		}
 		if err != nil {
-			if cerr := context.Cause(ctx); cerr != nil {
-				return nil, fmt.Errorf("pre-scan stopped: %w", cerr)
+			if ra.err != nil {
+				return nil, ra.failed()
 			}
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				return nil, fmt.Errorf("%w: %v", checkpoint.ErrTruncated, err)
 			}
 			return nil, fmt.Errorf("%w: %v", checkpoint.ErrNotTar, err)
 		}
-		if members >= maxMembers {
-			return nil, fmt.Errorf("%w: more than %d members", checkpoint.ErrTooLarge, maxMembers)
+		if members >= lim.MaxMembers {
+			return nil, fmt.Errorf("%w: more than %d members", checkpoint.ErrTooLarge, lim.MaxMembers)
 		}
 		dataSize, err := checkpoint.CheckHeader(h, lim)
 		if err != nil {
@@ -92,16 +87,16 @@ func prescan(ctx context.Context, r io.ReaderAt, size int64) (*checkpoint.Info, 
 			if h.Typeflag != tar.TypeReg {
 				return nil, fmt.Errorf("%w: %s is not a regular file", checkpoint.ErrNotCheckpoint, name)
 			}
-			if h.Size > prescanDumpLimit {
+			if h.Size > lim.MaxDumpSize {
 				return nil, fmt.Errorf("%w: %s is %d bytes", checkpoint.ErrTooLarge, name, h.Size)
 			}
 			if (name == checkpoint.ConfigDumpFile && config != nil) || (name == checkpoint.SpecDumpFile && spec != nil) {
 				return nil, fmt.Errorf("%w: %s appears twice", checkpoint.ErrNotCheckpoint, name)
 			}
-			b, err := io.ReadAll(io.LimitReader(tr, prescanDumpLimit))
+			b, err := io.ReadAll(io.LimitReader(tr, lim.MaxDumpSize))
 			if err != nil {
-				if cerr := context.Cause(ctx); cerr != nil {
-					return nil, fmt.Errorf("pre-scan stopped: %w", cerr)
+				if ra.err != nil {
+					return nil, ra.failed()
 				}
 				return nil, fmt.Errorf("%w: reading %s: %v", checkpoint.ErrTruncated, name, err)
 			}
@@ -136,17 +131,34 @@ func prescan(ctx context.Context, r io.ReaderAt, size int64) (*checkpoint.Info, 
 	return checkpoint.Parse(&mini, checkpoint.Limits{})
 }
 
-// ctxReaderAt fails every read once ctx is done.
-type ctxReaderAt struct {
+// guardedReaderAt fails every read once ctx is done, and remembers the
+// first failure of the file or the context, so that neither is mistaken
+// for a verdict on the archive's bytes.
+type guardedReaderAt struct {
 	ctx context.Context
 	r   io.ReaderAt
+	err error
 }
 
-func (c *ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if err := context.Cause(c.ctx); err != nil {
+func (g *guardedReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if err := context.Cause(g.ctx); err != nil {
+		g.err = err
 		return 0, err
 	}
-	return c.r.ReadAt(p, off)
+	n, err := g.r.ReadAt(p, off)
+	if err != nil && err != io.EOF && g.err == nil {
+		g.err = fmt.Errorf("at byte %d: %w", off, err)
+	}
+	return n, err
+}
+
+// failed is the error for a pre-scan that stopped on g.err: a
+// cancellation, or a read error (admit.ReasonIO, worth a retry).
+func (g *guardedReaderAt) failed() error {
+	if cerr := context.Cause(g.ctx); cerr != nil {
+		return fmt.Errorf("pre-scan stopped: %w", cerr)
+	}
+	return fmt.Errorf("pre-scan: reading the archive %w", g.err)
 }
 
 // checkEndMarker requires two zero blocks at pos.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/checkpoint-vault/ckvault/internal/hostiletar"
@@ -78,6 +79,29 @@ func TestPrescanHostile(t *testing.T) {
 	cancel()
 	if _, err := prescan(ctx, bytes.NewReader(base), int64(len(base))); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled pre-scan: %v", err)
+	}
+}
+
+// failingReaderAt fails every read past byte after with EIO.
+type failingReaderAt struct {
+	r     io.ReaderAt
+	after int64
+}
+
+func (f failingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) > f.after {
+		return 0, syscall.EIO
+	}
+	return f.r.ReadAt(p, off)
+}
+
+// TestPrescanReadError: a disk error during the pre-scan is an I/O error
+// (the daemon retries), not a verdict that the archive is not a checkpoint.
+func TestPrescanReadError(t *testing.T) {
+	b := archiveBytes(t, samplearchive.Options{})
+	_, err := prescan(context.Background(), failingReaderAt{bytes.NewReader(b), 2048}, int64(len(b)))
+	if r := admit.ReasonOf(err); r != admit.ReasonIO || !errors.Is(err, syscall.EIO) {
+		t.Fatalf("reason %q (%v), want %q wrapping EIO", r, err, admit.ReasonIO)
 	}
 }
 

@@ -221,3 +221,15 @@ func clip(s string) string {
 	}
 	return s
 }
+
+// Run is one complete retention run — PlanRun, then Execute unless dryRun —
+// as `ckvault gc` does it and as a scheduler (`ckvault serve` with
+// retention.interval) calls it. The result is nil for a dry run.
+func Run(ctx context.Context, st Store, opts Options, dryRun bool) (*Plan, *Result, error) {
+	plan, err := PlanRun(ctx, st, opts)
+	if err != nil || dryRun {
+		return plan, nil, err
+	}
+	res, err := Execute(ctx, st, opts, plan)
+	return plan, res, err
+}
