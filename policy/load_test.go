@@ -400,7 +400,7 @@ func FuzzParse(f *testing.F) {
 // TestDaemonSetConfig loads the configuration embedded in the DaemonSet's
 // ConfigMap, as the pod would see it.
 func TestDaemonSetConfig(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join("..", "deploy", "kubernetes", "daemonset.yaml"))
+	data, err := os.ReadFile(filepath.Join("..", "deploy", "kubernetes", "components", "node", "node.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/audit/auditsock"
 	"github.com/checkpoint-vault/ckvault/crypto/signing"
+	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
 )
@@ -193,11 +194,11 @@ func (o *auditQueryOptions) run(ctx context.Context, w io.Writer) error {
 func printRecords(w io.Writer, format string, recs []audit.Record) error {
 	switch format {
 	case "json":
-		enc := json.NewEncoder(w)
+		enc := json.NewEncoder(termsafe.Writer(w))
 		enc.SetIndent("", "  ")
 		return enc.Encode(recs)
 	case "jsonl":
-		enc := json.NewEncoder(w)
+		enc := json.NewEncoder(termsafe.Writer(w))
 		for i := range recs {
 			if err := enc.Encode(&recs[i]); err != nil {
 				return err
@@ -209,15 +210,13 @@ func printRecords(w io.Writer, format string, recs []audit.Record) error {
 	fmt.Fprintln(tw, "SEQ\tTIME\tNODE\tACTOR\tACTION\tOUTCOME\tNAMESPACE/POD/CONTAINER\tSUBJECT")
 	for _, r := range recs {
 		where := strings.Trim(r.Namespace+"/"+r.Pod+"/"+r.Container, "/")
-		if where == "" {
-			where = "-"
-		}
 		// Log.Do writes an intent and then a result: say which is which.
 		action := r.Action
 		if r.Detail["phase"] == "intent" {
 			action += " (intent)"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Format(time.RFC3339), r.Node, r.Actor, action, r.Outcome, where, r.Subject)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Format(time.RFC3339), dash(r.Node), dash(r.Actor),
+			dash(action), dash(string(r.Outcome)), dash(where), dash(r.Subject))
 	}
 	return tw.Flush()
 }
@@ -275,21 +274,21 @@ func (o *auditOptions) runVerify(ctx context.Context, w io.Writer) error {
 		}
 	}
 	if o.output == "json" {
-		enc := json.NewEncoder(w)
+		enc := json.NewEncoder(termsafe.Writer(w))
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(rep); err != nil {
 			return err
 		}
 	} else {
 		for _, f := range rep.Findings {
-			fmt.Fprintf(w, "BAD %s\n", f)
+			fmt.Fprintf(w, "BAD %s\n", termsafe.String(fmt.Sprint(f)))
 		}
 		signers := "none"
 		if len(rep.Signers) > 0 {
 			signers = strings.Join(rep.Signers, ", ")
 		}
 		fmt.Fprintf(w, "%s: %d records, %d signed heads (keys: %s), %d records after the last signed head\n",
-			what, rep.Records, rep.Heads, signers, rep.Unsigned)
+			what, rep.Records, rep.Heads, termsafe.String(signers), rep.Unsigned)
 	}
 	if f, bad := rep.FirstBad(); bad {
 		return fmt.Errorf("%w: %s: first bad record: %s (%d findings); treat everything from there on as untrusted", errVerification, what, f, len(rep.Findings))

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/daemon"
 )
@@ -63,7 +64,9 @@ daemon.listen; the root-only socket stateDir/ckvault.sock serves
 			if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 				return usageError{fmt.Sprintf("daemon: --log-level %q: use debug, info, warn or error", o.logLevel)}
 			}
-			log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			// slog's JSON escapes C0, U+2028 and U+2029 but not C1 or DEL,
+			// which archive and file names may carry: termsafe.Writer does.
+			log := slog.New(slog.NewJSONHandler(termsafe.Writer(cmd.ErrOrStderr()), &slog.HandlerOptions{Level: level}))
 			return runDaemon(cmd, o.config, log)
 		},
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/crypto/envelope"
 	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
+	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/vault/responder"
 	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
 )
@@ -118,7 +119,8 @@ func runDemo(ctx context.Context, w io.Writer, h *devHandle) error {
 	}
 	var id string
 	for _, e := range ents {
-		fmt.Fprintf(w, "%s  %s  %s/%s/%s  node %s  %s\n", e.ID, e.Checkpointed().Format(time.RFC3339), e.Namespace(), e.Pod(), e.Container(), e.Node(), e.Base)
+		fmt.Fprintf(w, "%s  %s  %s\n", termsafe.String(e.ID), e.Checkpointed().Format(time.RFC3339),
+			termsafe.String(e.Namespace()+"/"+e.Pod()+"/"+e.Container()+"  node "+e.Node()+"  "+e.Base))
 		if e.Base == p.Object {
 			id = e.ID
 		}

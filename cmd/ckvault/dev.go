@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/checkpoint-vault/ckvault/internal/k8sname"
+	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/daemon"
 )
@@ -116,7 +117,7 @@ func startDevLogging(ctx context.Context, stdout, stderr, logw io.Writer, dir st
 	if err != nil {
 		return nil, err
 	}
-	log := slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log := slog.New(slog.NewJSONHandler(termsafe.Writer(logw), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log, ConfigPath: cfgPath, Version: version})
 	if err != nil {
 		return nil, fmt.Errorf("dev: %w", err)

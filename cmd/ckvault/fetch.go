@@ -13,6 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/checkpoint-vault/ckvault/crypto/envelope"
+	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
 	"github.com/checkpoint-vault/ckvault/vault/responder"
@@ -107,8 +108,8 @@ func (o *fetchOptions) run(ctx context.Context, stdout, stderr io.Writer, id str
 	if err != nil {
 		return verificationError(err)
 	}
-	fmt.Fprintf(note, "fetched and verified %s/%s/%s: %s, sha256 %s -> %s (%s)\n", mf.Namespace, mf.Pod, mf.Container,
-		humanBytes(mf.Plaintext.Size), mf.Plaintext.SHA256, dest, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(note, "fetched and verified %s: %s, sha256 %s -> %s (%s)\n", termsafe.String(mf.Namespace+"/"+mf.Pod+"/"+mf.Container),
+		humanBytes(mf.Plaintext.Size), mf.Plaintext.SHA256, termsafe.String(dest), time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/gc"
 	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
@@ -125,21 +126,16 @@ func (o *gcOptions) run(ctx context.Context, w io.Writer) error {
 	}()
 	opts := gc.Options{Policy: cfg.Retention, Trusted: tk, Audit: trail, Actor: localActor(),
 		BypassGovernance: o.bypassGovernance}
-	plan, err := gc.PlanRun(ctx, st, opts)
-	if err != nil {
-		return err
+	plan, res, runErr := gc.Run(ctx, st, opts, o.dryRun)
+	if plan == nil {
+		return runErr
 	}
 	rep := gcReport{DryRun: o.dryRun, Plan: plan}
-	var runErr error
-	if !o.dryRun {
-		res, err := gc.Execute(ctx, st, opts, plan)
-		if res != nil {
-			rep.Deleted = res.Deleted
-			for _, f := range res.Failed {
-				rep.Failed = append(rep.Failed, gcFailure{Base: f.Action.Base, Error: f.Err.Error()})
-			}
+	if res != nil {
+		rep.Deleted = res.Deleted
+		for _, f := range res.Failed {
+			rep.Failed = append(rep.Failed, gcFailure{Base: f.Action.Base, Error: f.Err.Error()})
 		}
-		runErr = err
 	}
 	if o.output == "json" {
 		enc := json.NewEncoder(w)
@@ -182,18 +178,18 @@ func printGC(w io.Writer, rep *gcReport) error {
 		if a.Bypass != "" {
 			why += " (bypassing " + a.Bypass + " retention)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\n", v, a.Base, a.Policy, a.Limit, oneLine(why))
+		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\n", v, termsafe.String(a.Base), termsafe.String(a.Policy), a.Limit, termsafe.String(oneLine(why)))
 	}
 	for _, l := range []struct {
 		what string
 		hs   []gc.Held
 	}{{"PINNED", p.Pinned}, {"DEFERRED", p.Deferred}, {"ABANDON", p.Abandon}, {"YOUNG ORPHAN", p.YoungOrphans}} {
 		for _, h := range l.hs {
-			fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\n", l.what, h.Base, h.Policy, h.Limit, oneLine(h.Why))
+			fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\n", l.what, termsafe.String(h.Base), termsafe.String(h.Policy), h.Limit, termsafe.String(oneLine(h.Why)))
 		}
 	}
 	for _, u := range p.Unverified {
-		fmt.Fprintf(tw, "UNVERIFIED\t%s\t-\t%s\n", u.Base, oneLine(u.Err))
+		fmt.Fprintf(tw, "UNVERIFIED\t%s\t-\t%s\n", termsafe.String(u.Base), termsafe.String(oneLine(u.Err)))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

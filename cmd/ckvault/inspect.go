@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/vault/checkpoint"
 	"github.com/checkpoint-vault/ckvault/vault/responder"
 )
@@ -76,7 +77,7 @@ func (o *inspectOptions) run(ctx context.Context, w io.Writer, id string) error 
 		if ins.Problem != nil {
 			problem = ins.Problem.Error()
 		}
-		enc := json.NewEncoder(w)
+		enc := json.NewEncoder(termsafe.Writer(w))
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(struct {
 			ID       string           `json:"id"`
@@ -100,7 +101,7 @@ func (o *inspectOptions) run(ctx context.Context, w io.Writer, id string) error 
 func printInspection(w io.Writer, ins *responder.Inspection) {
 	m := ins.Manifest
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, dash(v)) }
+	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, dash(v)) } // dash escapes v
 	when := func(t time.Time) string {
 		if t.IsZero() {
 			return ""
@@ -139,7 +140,7 @@ func printInspection(w io.Writer, ins *responder.Inspection) {
 	fmt.Fprintln(w, "Members:")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	for _, mem := range info.Members {
-		fmt.Fprintf(tw, "  %s\t%s\t  %s\n", mem.Type, humanBytes(mem.Size), mem.Name)
+		fmt.Fprintf(tw, "  %s\t%s\t  %s\n", termsafe.String(mem.Type), humanBytes(mem.Size), termsafe.String(mem.Name))
 	}
 	tw.Flush()
 	if n := info.MemberCount - len(info.Members); n > 0 {

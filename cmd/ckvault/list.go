@@ -19,6 +19,7 @@ import (
 
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/audit/auditsock"
+	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/responder"
 	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
@@ -239,7 +240,7 @@ func (o *listOptions) run(ctx context.Context, w io.Writer) error {
 		out[i] = le
 	}
 	if o.output == "json" {
-		enc := json.NewEncoder(w)
+		enc := json.NewEncoder(termsafe.Writer(w))
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(out); err != nil {
 			return err
@@ -256,7 +257,7 @@ func (o *listOptions) run(ctx context.Context, w io.Writer) error {
 			if !e.Checkpointed.IsZero() {
 				when = e.Checkpointed.Format(time.RFC3339)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.ID, when, dash(e.Namespace), dash(e.Pod), dash(e.Container), dash(e.Node), size, oneLine(status))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(e.ID), when, dash(e.Namespace), dash(e.Pod), dash(e.Container), dash(e.Node), size, termsafe.String(oneLine(status)))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -268,14 +269,17 @@ func (o *listOptions) run(ctx context.Context, w io.Writer) error {
 	return nil
 }
 
+// dash is a table cell: "-" for nothing, else s escaped (internal/termsafe),
+// since a cell's text may come from an archive, the store or a log.
 func dash(s string) string {
 	if s == "" {
 		return "-"
 	}
-	return s
+	return termsafe.String(s)
 }
 
-// oneLine keeps a message on its line in a table.
+// oneLine keeps a message on its line in a table by collapsing white
+// space; the result is still to be escaped (termsafe.String) for printing.
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
 }

@@ -12,10 +12,10 @@
 //
 // # Exit status
 //
-// 0 on success; 1 on any error, printed as one line on stderr naming the
-// object and the fix; 2 for command-line usage errors; 3 when a
-// verification found a problem (a bad signature, digest or audit record);
-// 130 when interrupted.
+// 0 on success; 1 on any error, printed on stderr (one line per problem,
+// control characters escaped) naming the object and the fix; 2 for
+// command-line usage errors; 3 when a verification found a problem (a bad
+// signature, digest or audit record); 130 when interrupted.
 package main
 
 import (
@@ -36,7 +36,7 @@ func main() {
 	err := newRootCommand().ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "ckvault: %v\n", err)
+		fmt.Fprint(os.Stderr, errorLines(err))
 	}
 	os.Exit(exitCode(err))
 }

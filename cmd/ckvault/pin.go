@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/gc"
 	"github.com/checkpoint-vault/ckvault/vault/responder"
@@ -72,6 +73,6 @@ func runPin(ctx context.Context, w io.Writer, config, id string, on bool) error 
 	if !on {
 		what = "unpinned"
 	}
-	_, err = fmt.Fprintf(w, "%s %s\n", what, base)
+	_, err = fmt.Fprintf(w, "%s %s\n", what, termsafe.String(base))
 	return err
 }

@@ -7,6 +7,8 @@ import (
 	"io"
 
 	"github.com/spf13/cobra"
+
+	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 )
 
 func newVerifyCommand() *cobra.Command {
@@ -52,7 +54,7 @@ func runVerify(ctx context.Context, w io.Writer, o *vaultOptions, id string) err
 	}
 	m := rep.Manifest
 	if o.output == "json" {
-		enc := json.NewEncoder(w)
+		enc := json.NewEncoder(termsafe.Writer(w))
 		enc.SetIndent("", "  ")
 		return enc.Encode(struct {
 			ID       string   `json:"id"`
@@ -64,11 +66,11 @@ func runVerify(ctx context.Context, w io.Writer, o *vaultOptions, id string) err
 			SHA256   string   `json:"sha256"`
 		}{rep.ID, m.Objects().Ciphertext, true, rep.Checks, rep.SignedBy, m.Ciphertext.Size, m.Ciphertext.SHA256})
 	}
-	fmt.Fprintf(w, "%s  %s\n", rep.ID, rep.Object)
+	fmt.Fprintf(w, "%s  %s\n", termsafe.String(rep.ID), termsafe.String(rep.Object))
 	for _, c := range rep.Checks {
-		fmt.Fprintf(w, "  ok  %s\n", c)
+		fmt.Fprintf(w, "  ok  %s\n", termsafe.String(c))
 	}
-	fmt.Fprintf(w, "verified: %s/%s/%s on %s, %s, ciphertext sha256 %s, signed by key %s\n",
-		m.Namespace, m.Pod, m.Container, m.Node, humanBytes(m.Ciphertext.Size), m.Ciphertext.SHA256, rep.SignedBy)
+	fmt.Fprintf(w, "verified: %s, %s, ciphertext sha256 %s, signed by key %s\n",
+		termsafe.String(m.Namespace+"/"+m.Pod+"/"+m.Container+" on "+m.Node), humanBytes(m.Ciphertext.Size), m.Ciphertext.SHA256, termsafe.String(rep.SignedBy))
 	return nil
 }

@@ -11,6 +11,7 @@
 package testvault
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -107,39 +108,14 @@ func Put(ctx context.Context, st store.Store, k *Keys, path, node string) (*mani
 	if err != nil {
 		return nil, manifest.Signed{}, fmt.Errorf("testvault: %s: %w", path, err)
 	}
-	m := &manifest.Manifest{
-		Format:         manifest.FormatV1,
-		Namespace:      info.Identity.Namespace,
-		Pod:            info.Identity.Pod,
-		Container:      info.Identity.Container,
-		Node:           node,
-		CheckpointedAt: manifest.Time{Time: info.Checkpointed.UTC()},
-		VaultedAt:      manifest.Time{Time: time.Now().UTC()},
-		OriginalName:   filepath.Base(path),
-		Recipients:     k.Recipients.Fingerprints(),
-		Checkpoint: manifest.Checkpoint{
-			Engine:      info.Engine,
-			Runtime:     info.Runtime,
-			ContainerID: info.ContainerID,
-			Image:       info.Image,
-			ImageRef:    info.ImageRef,
-			CreatedAt:   manifest.Time{Time: info.Created.UTC()},
-		},
-		Archive:     manifest.ArchiveOf(info),
-		ToolVersion: ToolVersion,
-	}
-	if info.Created.IsZero() {
-		m.Checkpoint.CreatedAt = manifest.Time{}
-	}
-	m.Object, err = manifest.BaseKey(manifest.KeyInput{
-		Namespace: m.Namespace, Pod: m.Pod, Container: m.Container, Node: node,
-		CheckpointedAt: m.CheckpointedAt.Time, ContainerID: m.Checkpoint.ContainerID,
-		OriginalName: m.OriginalName, Size: fi.Size(),
+	base, err := manifest.NewKey(manifest.KeyInput{
+		Namespace: info.Identity.Namespace, Pod: info.Identity.Pod, Container: info.Identity.Container,
+		Node: node, CheckpointedAt: info.Checkpointed,
 	})
 	if err != nil {
 		return nil, manifest.Signed{}, err
 	}
-	objs := m.Objects()
+	objs := manifest.ObjectsFor(base)
 
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, manifest.Signed{}, err
@@ -149,32 +125,31 @@ func Put(ctx context.Context, st store.Store, k *Keys, path, node string) (*mani
 		return nil, manifest.Signed{}, err
 	}
 	defer sr.Close()
-	if _, err := st.Put(ctx, objs.Ciphertext, sr, sr.Size(), store.PutOptions{ContentType: "application/octet-stream"}); err != nil {
+	if _, err := st.Put(ctx, objs.Ciphertext, sr, sr.Size(), store.PutOptions{ContentType: "application/octet-stream", IfAbsent: true}); err != nil {
 		return nil, manifest.Signed{}, fmt.Errorf("testvault: uploading %s: %w", objs.Ciphertext, err)
 	}
 	d, ok := sr.Digests()
 	if !ok {
 		return nil, manifest.Signed{}, fmt.Errorf("testvault: sealing %s did not reach EOF", path)
 	}
-	m.Plaintext = manifest.NewDigest(d.PlaintextSHA256, d.PlaintextSize)
-	m.Ciphertext = manifest.NewDigest(d.CiphertextSHA256, d.CiphertextSize)
+	m, err := manifest.New(manifest.Sealing{
+		Object: base, Node: node, OriginalName: filepath.Base(path), Info: info,
+		CheckpointedAt: info.Checkpointed,
+		Plaintext:      manifest.NewDigest(d.PlaintextSHA256, d.PlaintextSize),
+		Ciphertext:     manifest.NewDigest(d.CiphertextSHA256, d.CiphertextSize),
+		Recipients:     k.Recipients.Fingerprints(), VaultedAt: time.Now(), ToolVersion: ToolVersion,
+	})
+	if err != nil {
+		return nil, manifest.Signed{}, err
+	}
 
 	signed, err := manifest.Sign(ctx, m, k.Signer)
 	if err != nil {
 		return nil, manifest.Signed{}, err
 	}
-	for _, o := range []struct {
-		key  string
-		data []byte
-	}{
-		{objs.CiphertextSig, signed.CiphertextSig.Sig},
-		{objs.CiphertextBundle, signed.CiphertextSig.Bundle},
-		{objs.ManifestSig, signed.ManifestSig.Sig},
-		{objs.ManifestBundle, signed.ManifestSig.Bundle},
-		{objs.Manifest, signed.Manifest}, // last: its presence marks the checkpoint complete
-	} {
-		if err := PutBytes(ctx, st, o.key, o.data); err != nil {
-			return nil, manifest.Signed{}, err
+	for _, u := range signed.Uploads() {
+		if _, err := st.Put(ctx, u.Key, bytes.NewReader(u.Data), int64(len(u.Data)), store.PutOptions{ContentType: u.ContentType, IfAbsent: true}); err != nil {
+			return nil, manifest.Signed{}, fmt.Errorf("testvault: uploading %s: %w", u.Key, err)
 		}
 	}
 	return m, signed, nil

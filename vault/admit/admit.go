@@ -170,7 +170,7 @@ func CheckName(name string) error {
 // Open admits name in the directory dir (an open directory). wantIno,
 // when non-zero, is the inode the directory listing showed; a different
 // inode means the name was replaced in between.
-func Open(dir *os.File, name string, rule OwnerRule, wantIno uint64) (*Candidate, error) {
+func Open(dir DirFD, name string, rule OwnerRule, wantIno uint64) (*Candidate, error) {
 	if err := CheckName(name); err != nil {
 		return nil, err
 	}
@@ -354,7 +354,7 @@ func (l *leaseReader) Read(p []byte) (int, error) {
 }
 
 // Stat returns the snapshot of name in dir, without following a symlink.
-func Stat(dir *os.File, name string) (Snapshot, error) {
+func Stat(dir DirFD, name string) (Snapshot, error) {
 	if err := CheckName(name); err != nil {
 		return Snapshot{}, err
 	}

@@ -51,6 +51,11 @@ var (
 	// ErrTooLarge: a dump member, the member count or a name exceeds the
 	// limits.
 	ErrTooLarge = errors.New("archive exceeds a limit")
+	// ErrMemberType: a member of a type no engine writes — a sparse file
+	// (whose holes would expand to far more bytes than the archive holds),
+	// a device, a FIFO, a global or unknown header. It also wraps
+	// ErrNotCheckpoint.
+	ErrMemberType = fmt.Errorf("%w: member type not allowed", ErrNotCheckpoint)
 )
 
 // Member names, as they appear after any "./" prefix is removed.
@@ -69,8 +74,12 @@ const (
 	EnginePodman     = "libpod"
 )
 
-// Limits bound what an untrusted archive can make the parser hold in
-// memory. Zero fields get the defaults.
+// Limits bound what an untrusted archive can make a reader hold in memory
+// or do. Zero fields get the defaults. Together with the member rules of
+// [CheckHeader] they keep the work for an archive proportional to its size
+// on disk and the memory kept for it constant: at most MaxListedNameBytes
+// of names plus two dumps of MaxDumpSize (archive/tar itself holds one
+// header's PAX records or GNU long name, at most 1 MiB, at a time).
 type Limits struct {
 	// MaxDumpSize bounds config.dump and spec.dump (default 1 MiB).
 	MaxDumpSize int64
@@ -79,9 +88,19 @@ type Limits struct {
 	// MaxListedMembers bounds Info.Members (default 4096); members beyond
 	// it are counted and sized but not listed.
 	MaxListedMembers int
+	// MaxListedNameBytes bounds the total length of the names kept in
+	// Info.Members (default 256 KiB); once reached, further members are
+	// counted but not listed.
+	MaxListedNameBytes int
+	// MaxNameBytes bounds one member name (default 4096, Linux's
+	// PATH_MAX). A longer name, which no engine writes and no runtime
+	// could restore, refuses the archive (ErrTooLarge).
+	MaxNameBytes int
 }
 
-func (l Limits) withDefaults() Limits {
+// WithDefaults returns l with the default for every zero field: the
+// limits a reader actually applies.
+func (l Limits) WithDefaults() Limits {
 	if l.MaxDumpSize <= 0 {
 		l.MaxDumpSize = 1 << 20
 	}
@@ -90,6 +109,12 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxListedMembers <= 0 {
 		l.MaxListedMembers = 4096
+	}
+	if l.MaxListedNameBytes <= 0 {
+		l.MaxListedNameBytes = 256 << 10
+	}
+	if l.MaxNameBytes <= 0 {
+		l.MaxNameBytes = 4096
 	}
 	return l
 }
@@ -122,7 +147,9 @@ type Member struct {
 	Name string `json:"name"`
 	Size int64  `json:"size"`
 	// Type is the tar type flag as a letter: "f" regular file, "d"
-	// directory, "l" symlink, "h" hard link, "o" other.
+	// directory — the only types an accepted archive has (CheckHeader);
+	// "l" symlink, "h" hard link and "o" other remain for readers of
+	// older listings.
 	Type string `json:"type"`
 }
 
@@ -150,7 +177,8 @@ type Info struct {
 	// RootfsDiffBytes is the size of rootfs-diff.tar, 0 if absent.
 	RootfsDiffBytes int64 `json:"rootfsDiffBytes"`
 	MemberCount     int   `json:"memberCount"`
-	// Members lists the first Limits.MaxListedMembers members.
+	// Members lists the first members, up to Limits.MaxListedMembers
+	// entries and Limits.MaxListedNameBytes of names.
 	Members []Member `json:"members"`
 	// ArchiveBytes is the offset just past the end-of-archive marker;
 	// TrailingBytes counts the zero padding after it.

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/checkpoint-vault/ckvault/internal/hostiletar"
 	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 )
@@ -265,15 +266,39 @@ func TestCrossCheckMismatch(t *testing.T) {
 	}
 }
 
+// FuzzParse: the parser never panics, accepts only archives read through
+// their marker, and holds to its bounds whatever the bytes: the member
+// content it reads (the dumps) is no more than the input — a sparse member
+// cannot make it expand holes — and the names it keeps stay within
+// Limits.MaxListedNameBytes.
 func FuzzParse(f *testing.F) {
-	f.Add(archive(f, samplearchive.Options{MemoryBytes: 1024}))
+	small := archive(f, samplearchive.Options{MemoryBytes: 1024})
+	f.Add(small)
 	f.Add(archive(f, samplearchive.Options{Engine: samplearchive.Containerd, DotSlash: true, MemoryBytes: 100}))
 	f.Add([]byte{})
 	f.Add(make([]byte, 1024))
+	for _, s := range hostiletar.Seeds(small) {
+		f.Add(s)
+	}
+	maxNames := (Limits{}).WithDefaults().MaxListedNameBytes
 	f.Fuzz(func(t *testing.T, data []byte) {
-		info, err := parse(data)
+		var work parseWork
+		info, err := parseInto(onlyReader{bytes.NewReader(data)}, Limits{}, &work)
+		if work.contentBytes > int64(len(data)) {
+			t.Fatalf("read %d bytes of member content from %d bytes of input", work.contentBytes, len(data))
+		}
 		if err != nil {
 			return
+		}
+		kept := 0
+		for _, m := range info.Members {
+			kept += len(m.Name)
+		}
+		if kept > maxNames || len(info.Members) > info.MemberCount {
+			t.Fatalf("kept %d bytes of names in %d of %d members", kept, len(info.Members), info.MemberCount)
+		}
+		if info.CheckpointBytes+info.RootfsDiffBytes > int64(len(data)) {
+			t.Fatalf("sizes %d+%d exceed the %d bytes of input", info.CheckpointBytes, info.RootfsDiffBytes, len(data))
 		}
 		// Property: an accepted archive was read through its marker, and
 		// any prefix cut before the marker is refused.

@@ -15,6 +15,12 @@ import (
 // consumed the bytes (through an io.Pipe), and fails as soon as the parser
 // has rejected the archive, so a non-tar file stops the read early.
 //
+// A Write never blocks for longer than parsing its own bytes takes: the
+// parser's work is proportional to the bytes written (see [Parse]), so a
+// writer that stops on cancellation between writes (seal's pipeline
+// checks its context between buffers) is never held up by a hostile
+// archive.
+//
 // Write must not be called concurrently; Finish must be called exactly
 // once, after the last Write (also on error paths, to stop the goroutine).
 type Inspector struct {
@@ -74,15 +80,32 @@ func (in *Inspector) Abort(err error) {
 
 // Parse reads a whole archive from r — through its end-of-archive marker
 // and any padding after it, to r's EOF — and returns what it is.
+//
+// The work is proportional to the bytes read from r: member contents are
+// skipped, not read, except the two dumps (bounded by lim.MaxDumpSize), and
+// every member passes [CheckHeader], which refuses the sparse files whose
+// contents would read back far larger than they are stored.
 func Parse(r io.Reader, lim Limits) (*Info, error) {
-	lim = lim.withDefaults()
+	var work parseWork
+	return parseInto(r, lim, &work)
+}
+
+// parseWork is what one parse did, for the tests that hold it to its
+// bounds.
+type parseWork struct {
+	contentBytes int64 // member content read through archive/tar (the dumps)
+	listedBytes  int   // of names kept in Info.Members
+}
+
+func parseInto(r io.Reader, lim Limits, work *parseWork) (*Info, error) {
+	lim = lim.WithDefaults()
 	cr := &countingReader{r: r}
 	tr := tar.NewReader(cr)
 	info := &Info{}
 	var (
 		config, spec   []byte
 		sawCheckpoint  bool
-		lastDataEnd    int64 // offset where the last member's data ended
+		lastDataEnd    int64 // offset where the last member's data ends
 		lastSize       int64
 		seenConfig     bool
 		seenSpec       bool
@@ -100,13 +123,24 @@ func Parse(r io.Reader, lim Limits) (*Info, error) {
 		if info.MemberCount > lim.MaxMembers {
 			return nil, fmt.Errorf("%w: more than %d members", ErrTooLarge, lim.MaxMembers)
 		}
+		dataSize, err := CheckHeader(hdr, lim)
+		if err != nil {
+			return nil, err
+		}
+		// archive/tar has read exactly the header blocks: the data starts
+		// here, and Next skips it (reading, not expanding, dataSize bytes).
+		lastDataEnd, lastSize = cr.n+dataSize, dataSize
 		name := cleanName(hdr.Name)
-		m := Member{Name: name, Size: hdr.Size, Type: typeLetter(hdr.Typeflag)}
+		m := Member{Name: name, Size: dataSize, Type: typeLetter(hdr.Typeflag)}
 		if hdr.Typeflag == tar.TypeDir && !strings.HasSuffix(m.Name, "/") {
 			m.Name += "/"
 		}
-		if len(info.Members) < lim.MaxListedMembers {
+		if len(info.Members) < lim.MaxListedMembers && work.listedBytes+len(m.Name) <= lim.MaxListedNameBytes {
+			// A copy: a name from a PAX record is a substring of the
+			// whole header (up to 1 MiB), which keeping it would retain.
+			m.Name = strings.Clone(m.Name)
 			info.Members = append(info.Members, m)
+			work.listedBytes += len(m.Name)
 		}
 		regular := hdr.Typeflag == tar.TypeReg // tar.Reader reports the old TypeRegA as TypeReg
 		switch {
@@ -130,7 +164,8 @@ func Parse(r io.Reader, lim Limits) (*Info, error) {
 			if hdr.Size > lim.MaxDumpSize {
 				return nil, fmt.Errorf("%w: %s is %d bytes, over the %d-byte limit", ErrTooLarge, m.Name, hdr.Size, lim.MaxDumpSize)
 			}
-			data, err := io.ReadAll(tr)
+			data, err := io.ReadAll(io.LimitReader(tr, lim.MaxDumpSize))
+			work.contentBytes += int64(len(data))
 			if err != nil {
 				return nil, tarError(err, cr)
 			}
@@ -146,12 +181,6 @@ func Parse(r io.Reader, lim Limits) (*Info, error) {
 			seenRootfsDiff = true
 			info.RootfsDiffBytes = hdr.Size
 		}
-		// Drain the member so the offset before the next Next is exactly
-		// the end of this member's data.
-		if _, err := io.Copy(io.Discard, tr); err != nil {
-			return nil, tarError(err, cr)
-		}
-		lastDataEnd, lastSize = cr.n, hdr.Size
 	}
 	// archive/tar returns io.EOF for two zero blocks, but also for a
 	// stream that ends at a block boundary or after one zero block. The

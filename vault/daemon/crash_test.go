@@ -19,8 +19,13 @@ import (
 
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
+	"github.com/checkpoint-vault/ckvault/internal/testservers"
+	"github.com/checkpoint-vault/ckvault/internal/testvault"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
+	"github.com/checkpoint-vault/ckvault/vault/shred"
+	"github.com/checkpoint-vault/ckvault/vault/store"
+	"github.com/checkpoint-vault/ckvault/vault/store/storetest"
 	"github.com/checkpoint-vault/ckvault/vault/watch"
 )
 
@@ -30,9 +35,9 @@ const childEnv = "CKVAULT_TEST_DAEMON_CONFIG"
 
 // crashAtEnv names the crash point (see testHookStage) at which the child
 // SIGKILLs itself, optionally with "+overwrite" or "+truncate": at
-// shredding/intent-audited the child first does part of the shred's work
-// (half the random overwrite, or all of it and the truncate), as a crash
-// inside shred.Shred would leave the file. crashLogEnv is a file the child
+// shredding/claimed the child first does part of the shred's work on the
+// debris (half the random overwrite, or all of it and the truncate), as a
+// crash inside shred's Destroy would leave the file. crashLogEnv is a file the child
 // appends "point name" to before it dies, so the parent counts the hits.
 const (
 	crashAtEnv  = "CKVAULT_TEST_CRASH_AT"
@@ -41,18 +46,18 @@ const (
 	partSizeEnv = "CKVAULT_TEST_PART_MIB"
 )
 
-// crashPoints is every crash point of the pipeline; pin: the archives
-// must carry a .keep pin for the point to be reached.
-var crashPoints = []struct {
-	spec string
-	pin  bool
-}{
-	{spec: "sealing"}, {spec: "sealing/admitted"}, {spec: "sealing/ciphertext-stored"}, {spec: "sealing/sealed"},
-	{spec: "sealing/objects-stored"}, {spec: "uploaded"}, {spec: "uploaded/audited"}, {spec: "uploaded/proven-audited"},
-	{spec: "proven"}, {spec: "proven/pinned-audited", pin: true}, {spec: "pinned", pin: true},
-	{spec: "shredding"}, {spec: "shredding/intent-audited"}, {spec: "shredding/intent-audited+overwrite"},
-	{spec: "shredding/intent-audited+truncate"}, {spec: "shredding/destroyed"}, {spec: "shredding/done-audited"},
-	{spec: "shredded"},
+// crashSpecs is every crash point of the pipeline (crashPoints), and at
+// shredding/claimed also the two ways a crash inside the overwrite leaves
+// the file.
+func crashSpecs() []crashPoint {
+	var out []crashPoint
+	for _, cp := range crashPoints {
+		out = append(out, cp)
+		if cp.name == ptShredClaimed {
+			out = append(out, crashPoint{name: cp.name + "+overwrite"}, crashPoint{name: cp.name + "+truncate"})
+		}
+	}
+	return out
 }
 
 func installCrashHook(dir string) {
@@ -68,6 +73,9 @@ func installCrashHook(dir string) {
 		}
 		mu.Lock() // one worker dies here; the other waits for the kill
 		path := filepath.Join(dir, p.Name)
+		if point == ptShredClaimed {
+			path = filepath.Join(dir, debrisOf(p))
+		}
 		switch damage {
 		case "overwrite", "truncate":
 			f, err := os.OpenFile(path, os.O_WRONLY, 0)
@@ -188,21 +196,38 @@ func checkNothingEarly(t testing.TB, e *env, names []string, after string) {
 // TestCrashAnywhere SIGKILLs the daemon at every crash point of the
 // pipeline (testHookStage), then at random moments while it vaults, and
 // finally lets it finish: every archive ends vaulted exactly once (one
-// object set per archive, nothing else in the store), never destroyed
-// before its proven record, and the audit trail verifies.
+// complete object set per archive), never destroyed before its proven
+// record, nothing else in the store but the orphans that "abandoned"
+// records name, and the audit trail verifies. It runs on the file store and
+// on MinIO over TLS with and without compliance Object Lock, where an
+// interrupted upload leaves a ciphertext nobody can delete.
 func TestCrashAnywhere(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash test is slow")
 	}
-	e := newEnv(t, envOpt{rescan: "1s"})
-	iterations := 24
+	t.Run("file", func(t *testing.T) { testCrashAnywhere(t, newEnv(t, envOpt{rescan: "1s"}), false, 24) })
+	t.Run("minio", func(t *testing.T) {
+		srv := testservers.Shared(t, testservers.MinIO)
+		testCrashAnywhere(t, s3Env(t, srv, storetest.RandomPrefix(), envOpt{rescan: "1s"}), false, 8)
+	})
+	t.Run("minio-compliance-lock", func(t *testing.T) {
+		srv := testservers.Shared(t, testservers.MinIO)
+		bucket := srv.NewBucket(t, true)
+		testCrashAnywhere(t, s3EnvBucket(t, srv, bucket, "crash", envOpt{rescan: "1s",
+			storeExtra: "  objectLock: {mode: compliance, days: 1}\n"}), true, 8)
+	})
+}
+
+// testCrashAnywhere runs the campaign: every crash point, then iterations
+// random kills, then a clean finish.
+func testCrashAnywhere(t *testing.T, e *env, locked bool, iterations int) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	var names []string
 	seen := map[Stage]int{}
 
 	crashLog := filepath.Join(e.dir, "crashes.log")
 	hits := map[string]int{}
-	for i, cp := range crashPoints {
+	for i, cp := range crashSpecs() {
 		var pins []string
 		for j := range 2 {
 			o := samplearchive.Options{Engine: samplearchive.Engine(j), Namespace: "crash", Pod: fmt.Sprintf("point-%d-%d", i, j),
@@ -210,12 +235,12 @@ func TestCrashAnywhere(t *testing.T) {
 			p, err := samplearchive.WriteDir(e.ckDir, o)
 			must(t, err)
 			names = append(names, filepath.Base(p))
-			if cp.pin {
+			if cp.pinned {
 				pins = append(pins, p+watch.PinSuffix)
 				must(t, os.WriteFile(p+watch.PinSuffix, nil, 0o600))
 			}
 		}
-		cmd := startChild(t, e, crashAtEnv+"="+cp.spec, crashLogEnv+"="+crashLog)
+		cmd := startChild(t, e, crashAtEnv+"="+cp.name, crashLogEnv+"="+crashLog)
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
 		select {
@@ -223,19 +248,19 @@ func TestCrashAnywhere(t *testing.T) {
 		case <-time.After(60 * time.Second):
 			cmd.Process.Kill()
 			<-exited
-			t.Errorf("crash point %s not reached in 60 s", cp.spec)
+			t.Errorf("crash point %s not reached in 60 s", cp.name)
 		}
 		b, _ := os.ReadFile(crashLog)
 		for _, line := range strings.Split(string(b), "\n") {
-			if pt, _, ok := strings.Cut(line, " "); ok && pt == cp.spec {
-				hits[cp.spec]++
+			if pt, _, ok := strings.Cut(line, " "); ok && pt == cp.name {
+				hits[cp.name]++
 			}
 		}
 		os.Remove(crashLog)
-		if hits[cp.spec] == 0 {
-			t.Errorf("crash point %s: the daemon did not die there", cp.spec)
+		if hits[cp.name] == 0 {
+			t.Errorf("crash point %s: the daemon did not die there", cp.name)
 		}
-		checkNothingEarly(t, e, names, cp.spec)
+		checkNothingEarly(t, e, names, cp.name)
 		for _, p := range pins {
 			must(t, os.Remove(p))
 		}
@@ -294,28 +319,8 @@ func TestCrashAnywhere(t *testing.T) {
 		}
 		after = next
 	}
-	bases := map[string]int{}
-	for _, k := range all {
-		if strings.HasPrefix(k, "audit/") {
-			continue
-		}
-		b, ok := manifest.BaseKeyOf(k)
-		if !ok {
-			t.Errorf("stray object %s", k)
-			continue
-		}
-		bases[b]++
-	}
-	if len(bases) != len(names) {
-		t.Errorf("%d vaulted checkpoints in the store, want %d", len(bases), len(names))
-	}
-	for b, n := range bases {
-		if n != 6 {
-			t.Errorf("%s has %d objects, want 6", b, n)
-		}
-	}
-
 	recs := trail(t, e)
+	checkExactlyOnce(t, st, all, names, recs, locked)
 	checkOrder(t, recs)
 	for _, n := range names {
 		if countActions(recs, n, "proven") < 1 {
@@ -350,7 +355,7 @@ func TestCrashAnywhere(t *testing.T) {
 	ents, err := os.ReadDir(e.ckDir)
 	must(t, err)
 	for _, de := range ents {
-		if strings.HasPrefix(de.Name(), shredDebrisPrefix) {
+		if shred.IsDebris(de.Name()) {
 			t.Errorf("shred debris left behind: %s", de.Name())
 		}
 	}
@@ -372,4 +377,68 @@ func TestCrashAnywhere(t *testing.T) {
 		}
 	}
 	t.Logf("%d archives, %d audit records, %d signed heads", len(names), rep.Records, rep.Heads)
+}
+
+// checkExactlyOnce checks the store after a crash campaign: each archive
+// has exactly one complete object set (a manifest naming it, and all six
+// objects), and every other object is an orphan that an "abandoned" or
+// "rejected" record names. Without Object Lock there are no orphans: every
+// abandoned attempt was withdrawn.
+func checkExactlyOnce(t *testing.T, st store.Store, keys, names []string, recs []audit.Record, locked bool) {
+	t.Helper()
+	ctx := context.Background()
+	bases := map[string]map[string]bool{}
+	for _, k := range keys {
+		if strings.HasPrefix(k, "audit/") {
+			continue
+		}
+		b, ok := manifest.BaseKeyOf(k)
+		if !ok {
+			t.Errorf("stray object %s", k)
+			continue
+		}
+		if bases[b] == nil {
+			bases[b] = map[string]bool{}
+		}
+		bases[b][k] = true
+	}
+	orphaned := map[string]bool{}
+	abandoned := 0
+	for _, r := range recs {
+		if r.Action == "abandoned" {
+			abandoned++
+		}
+		for _, k := range strings.Split(r.Detail["orphans"], ",") {
+			if k != "" {
+				orphaned[k] = true
+			}
+		}
+	}
+	vaulted := map[string]int{}
+	orphans := 0
+	for b, objs := range bases {
+		if len(objs) == 6 {
+			raw, err := testvault.GetBytes(ctx, st, manifest.ObjectsFor(b).Manifest)
+			must(t, err)
+			m, err := manifest.Parse(raw)
+			must(t, err)
+			vaulted[m.OriginalName]++
+			continue
+		}
+		for k := range objs {
+			orphans++
+			if !orphaned[k] {
+				t.Errorf("%s is in the store without a manifest and no audit record names it as an orphan", k)
+			}
+		}
+	}
+	for _, n := range names {
+		if vaulted[n] != 1 {
+			t.Errorf("%s vaulted %d times, want exactly once", n, vaulted[n])
+		}
+	}
+	if !locked && orphans > 0 {
+		t.Errorf("%d orphaned objects without Object Lock: abandoned attempts must be withdrawn", orphans)
+	}
+	t.Logf("%d archives vaulted once each; %d abandoned attempts, %d orphaned objects kept by Object Lock", len(names), abandoned, orphans)
 }

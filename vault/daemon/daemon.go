@@ -34,7 +34,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -80,6 +79,10 @@ type Options struct {
 	DrainTimeout time.Duration
 	// Debounce is the watcher's quiet time before an event (default 50ms).
 	Debounce time.Duration
+	// HealthInterval is how often the store's health is checked (default
+	// 15s) and HealthTimeout bounds each check (default 10s). The check
+	// runs off the scheduler's loop; /readyz reports its last answer.
+	HealthInterval, HealthTimeout time.Duration
 }
 
 // Daemon is one node daemon. Create it with New and run it with Run once.
@@ -93,16 +96,24 @@ type Daemon struct {
 	audit  *audit.Log
 	state  *stateDB
 	signer *signing.Signer
-	dir    *os.File
+	dir    *admit.Dir
 	m      *metrics
 
 	recipients map[string]*envelope.RecipientSet // "" is the global set
 	skip       map[string]bool
 
+	// health and exports run the store health check and the audit
+	// export off the loop, one at a time; close waits for the export.
+	health, exports flight
+	exportCtx       context.Context
+	stopExport      context.CancelFunc
+
 	mu          sync.Mutex
-	pending     map[string]*item
+	queue       *queue // the backlog
 	waiters     []chan struct{}
 	storeErr    error
+	dirGen      uint64 // generation of the checkpoints directory last seen usable
+	dirErr      string // why it was refused, while it is
 	metricsAddr string
 	ready       chan struct{}
 }
@@ -117,6 +128,13 @@ type item struct {
 	again      bool // an event arrived while running
 	detected   bool
 	lastReason string
+	// dir is the checkpoints directory, verified for this attempt; set
+	// by the worker around process.
+	dir *admit.DirRef
+	// hidx and in place the item in one of the queue's heaps (-1, nil
+	// while running).
+	hidx int
+	in   *itemHeap
 }
 
 // New opens everything the daemon needs and fails, naming what and how to
@@ -144,8 +162,14 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (d *Daemon, err 
 	if opts.Debounce <= 0 {
 		opts.Debounce = 50 * time.Millisecond
 	}
+	if opts.HealthInterval <= 0 {
+		opts.HealthInterval = 15 * time.Second
+	}
+	if opts.HealthTimeout <= 0 {
+		opts.HealthTimeout = 10 * time.Second
+	}
 	d = &Daemon{cfg: cfg, opts: opts, log: opts.Logger, node: cfg.Node, m: newMetrics(),
-		pending: map[string]*item{}, ready: make(chan struct{}), skip: map[string]bool{},
+		queue: newQueue(), ready: make(chan struct{}), skip: map[string]bool{},
 		recipients: map[string]*envelope.RecipientSet{}}
 	uid, anyOwner := cfg.Daemon.OwnerRule()
 	d.owner = admit.OwnerRule{Any: anyOwner, UID: uid}
@@ -312,30 +336,40 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if d.cfg.Store.Insecure {
 		d.log.Warn("store.insecure is set: plain HTTP to the store is allowed — development only")
 	}
-	d.checkStore(ctx)
-	if d.storeErr != nil && errors.Is(d.storeErr, store.ErrPermanent) {
-		return fmt.Errorf("store %s is misconfigured: %w", d.store.Describe(), d.storeErr)
+	d.exportCtx, d.stopExport = context.WithCancel(context.WithoutCancel(ctx))
+	if err := d.checkStore(ctx); errors.Is(err, store.ErrPermanent) {
+		return fmt.Errorf("store %s is misconfigured: %w", d.store.Describe(), err)
+	} else if err != nil {
+		d.log.Warn("store unreachable at start; archives wait on the node until it answers", "store", d.store.Describe(), "err", err)
 	}
-	if j, ok := d.store.(store.Janitor); ok && d.storeErr == nil {
-		if n, err := j.AbortStaleUploads(ctx, 24*time.Hour); err == nil && n > 0 {
+	if j, ok := d.store.(store.Janitor); ok && d.storeError() == nil {
+		jctx, cancel := context.WithTimeout(ctx, time.Minute)
+		if n, err := j.AbortStaleUploads(jctx, 24*time.Hour); err == nil && n > 0 {
 			d.log.Info("removed debris of interrupted uploads", "count", n)
 		}
-	}
-
-	srvCtx, stopServers := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopServers()
-	if err := d.serve(srvCtx); err != nil {
-		return err
+		cancel()
 	}
 
 	if err := os.MkdirAll(d.cfg.CheckpointsDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		d.log.Warn("checkpoints directory cannot be created; waiting for it", "dir", d.cfg.CheckpointsDir, "err", err)
 	}
-	d.dir, err = os.Open(d.cfg.CheckpointsDir)
+	// Before the listeners start: their probes use d.dir.
+	d.dir, err = admit.OpenDir(d.cfg.CheckpointsDir, d.dirRule())
 	if err != nil {
-		return fmt.Errorf("opening checkpoints directory %s: %w", d.cfg.CheckpointsDir, err)
+		return fmt.Errorf("opening checkpoints directory: %w", err)
 	}
-	if err := d.settleShreds(ctx); err != nil {
+	srvCtx, stopServers := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServers()
+	if err := d.serve(srvCtx); err != nil {
+		return err
+	}
+	dir, err := d.acquireDir(ctx)
+	if err != nil {
+		return err
+	}
+	err = d.settleShreds(ctx, dir)
+	dir.Release()
+	if err != nil {
 		return fmt.Errorf("finishing interrupted shreds: %w", err)
 	}
 	events := make(chan watch.Event, 256)
@@ -353,107 +387,109 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 }
 
 // loop is the scheduler: it owns the backlog and hands due names to a
-// bounded pool of workers.
+// bounded pool of workers. It never blocks on anything but its own
+// channels: attempts, their audit records, the store health check and the
+// audit export all run in other goroutines, and it sleeps on one timer set
+// to the earliest due time.
 func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event, watchErr <-chan error) error {
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 	type done struct {
-		it  *item
-		res result
-		err error
+		it    *item
+		res   result
+		retry time.Duration
 	}
-	results := make(chan done)
-	work := make(chan *item)
+	workers := d.cfg.Daemon.Workers
+	// Buffered to the pool's size: neither side ever waits for the other.
+	results := make(chan done, workers)
+	work := make(chan *item, workers)
 	var wg sync.WaitGroup
-	for range d.cfg.Daemon.Workers {
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for it := range work {
 				d.m.inFlight.Inc()
-				res, err := d.process(workCtx, it)
+				res, err := d.attempt(workCtx, it)
 				d.m.inFlight.Dec()
-				results <- done{it, res, err}
+				results <- done{it, res, d.afterAttempt(workCtx, it, res, err)}
 			}
 		}()
 	}
-	tick := time.NewTicker(25 * time.Millisecond)
-	defer tick.Stop()
-	housekeeping := time.NewTicker(15 * time.Second)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	gauges := time.NewTicker(time.Second)
+	defer gauges.Stop()
+	housekeeping := time.NewTicker(d.opts.HealthInterval)
 	defer housekeeping.Stop()
 	export := time.NewTicker(d.cfg.Audit.ExportEvery())
 	defer export.Stop()
-	running, free := 0, d.cfg.Daemon.Workers
+	running, free := 0, workers
 	var stopping <-chan time.Time
 	var runErr error
 
-	handle := func(r done) {
-		running--
-		free++
-		it := r.it
-		it.running = false
+	// dispatch hands due items, oldest first, to free workers and sets
+	// the timer for the next one to fall due.
+	dispatch := func() {
+		timer.Stop()
+		if stopping != nil {
+			return
+		}
 		now := time.Now()
-		switch r.res {
-		case resDone:
-			if it.again {
-				it.again, it.due = false, now
-			} else {
-				d.mu.Lock()
-				delete(d.pending, it.name)
-				d.mu.Unlock()
+		d.mu.Lock()
+		for free > 0 {
+			it := d.queue.next(now)
+			if it == nil {
+				break
 			}
-		case resPoll:
-			it.due = now.Add(d.opts.PollInterval)
-		case resBackoff:
-			it.attempts++
-			backoff := d.opts.MinBackoff << min(it.attempts-1, 16)
-			backoff = min(backoff, d.opts.MaxBackoff)
-			it.due = now.Add(backoff)
-			reason := "error"
-			var f *failure
-			if errors.As(r.err, &f) {
-				reason = f.reason
-			}
-			d.m.failures.WithLabelValues(reason).Inc()
-			if it.lastReason != reason {
-				it.lastReason = reason
-				d.record(workCtx, audit.Record{Action: "failed", Subject: it.name, Outcome: audit.Error,
-					Detail: map[string]string{"reason": reason, "error": errString(r.err), "retry": backoff.String()}})
-			}
-			d.log.Warn("vaulting failed; archive stays local, will retry", "file", it.name, "reason", reason,
-				"attempt", it.attempts, "retryIn", backoff, "err", r.err)
+			work <- it // buffered: room for every free worker
+			free--
+			running++
+		}
+		wake := d.queue.wake(now)
+		d.mu.Unlock()
+		if free > 0 && !wake.IsZero() {
+			timer.Reset(max(wake.Sub(now), 0))
 		}
 	}
 
 	for {
 		select {
 		case ev := <-events:
-			if stopping == nil {
-				d.enqueue(ev.Name, ev.Kind)
+			if stopping == nil && ev.Kind != watch.Pinned {
+				d.mu.Lock()
+				d.queue.event(ev.Name, time.Now())
+				d.mu.Unlock()
+				dispatch()
 			}
 		case r := <-results:
-			handle(r)
+			running--
+			free++
+			d.mu.Lock()
+			d.queue.finish(r.it, r.res, r.retry, time.Now())
+			d.mu.Unlock()
+			dispatch()
+		case <-timer.C:
+			dispatch()
 		case err := <-watchErr:
 			if err != nil && stopping == nil {
 				runErr = fmt.Errorf("watching %s: %w", d.cfg.CheckpointsDir, err)
 				stopping = time.After(d.opts.DrainTimeout)
 			}
 			watchErr = nil
-		case <-tick.C:
-			if stopping == nil {
-				free, running = d.dispatch(work, free, running)
-			}
+		case <-gauges.C:
 			d.gauges()
 		case <-housekeeping.C:
-			d.checkStore(workCtx)
+			d.health.start(func() { d.checkStore(workCtx) })
 			d.logBacklog()
 		case <-export.C:
-			go d.exportAudit(workCtx)
+			d.exports.start(func() { d.exportAudit(d.exportCtx) })
 		case <-ctx.Done():
 			if stopping == nil {
 				d.log.Info("stopping: draining archives in flight", "inFlight", running)
 				stopping = time.After(d.opts.DrainTimeout)
 				ctx = context.Background() // stop selecting on Done
+				timer.Stop()
 			}
 		case <-stopping:
 			d.log.Warn("drain timeout: abandoning archives in flight; they resume at the next start", "inFlight", running)
@@ -468,6 +504,53 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event, watchErr <
 	}
 }
 
+// afterAttempt runs in the worker once an attempt ends: it counts and
+// audits a failure (once per reason, not on every retry) and returns how
+// long the name waits before its next attempt.
+func (d *Daemon) afterAttempt(ctx context.Context, it *item, res result, err error) time.Duration {
+	switch res {
+	case resPoll:
+		return d.opts.PollInterval
+	case resBackoff:
+	default:
+		return 0
+	}
+	d.mu.Lock()
+	it.attempts++
+	n := it.attempts
+	d.mu.Unlock()
+	delay := backoff(n, d.opts.MinBackoff, d.opts.MaxBackoff, jitter)
+	reason := "error"
+	var f *failure
+	if errors.As(err, &f) {
+		reason = f.reason
+	}
+	d.m.failures.WithLabelValues(reason).Inc()
+	// A refused directory is audited once for all archives (acquireDir),
+	// not once per archive.
+	if it.lastReason != reason && reason != "checkpoints-dir" {
+		it.lastReason = reason
+		d.record(ctx, audit.Record{Action: "failed", Subject: it.name, Outcome: audit.Error,
+			Detail: map[string]string{"reason": reason, "error": errString(err), "retry": delay.String()}})
+	}
+	d.log.Warn("vaulting failed; archive stays local, will retry", "file", it.name, "reason", reason,
+		"attempt", n, "retryIn", delay, "err", err)
+	return delay
+}
+
+// attempt runs process with the checkpoints directory held and verified
+// for the whole attempt.
+func (d *Daemon) attempt(ctx context.Context, it *item) (result, error) {
+	dir, err := d.acquireDir(ctx)
+	if err != nil {
+		return resBackoff, err
+	}
+	defer dir.Release()
+	it.dir = dir
+	defer func() { it.dir = nil }()
+	return d.process(ctx, it)
+}
+
 func errString(err error) string {
 	if err == nil {
 		return ""
@@ -475,65 +558,11 @@ func errString(err error) string {
 	return err.Error()
 }
 
-// enqueue adds name to the backlog (or brings it forward).
-func (d *Daemon) enqueue(name string, kind watch.Kind) {
-	if kind == watch.Pinned {
-		return
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	now := time.Now()
-	it, ok := d.pending[name]
-	if !ok {
-		d.pending[name] = &item{name: name, first: now, due: now}
-		return
-	}
-	if it.running {
-		it.again = true
-		return
-	}
-	if it.attempts == 0 && it.due.After(now) {
-		it.due = now // a fresh event beats a poll; not a backoff
-	}
-}
-
-// dispatch hands due items, oldest first, to free workers.
-func (d *Daemon) dispatch(work chan<- *item, free, running int) (int, int) {
-	if free == 0 {
-		return free, running
-	}
-	now := time.Now()
-	d.mu.Lock()
-	var due []*item
-	for _, it := range d.pending {
-		if !it.running && !it.due.After(now) {
-			due = append(due, it)
-		}
-	}
-	d.mu.Unlock()
-	sort.Slice(due, func(i, j int) bool { return due[i].first.Before(due[j].first) })
-	for _, it := range due {
-		if free == 0 {
-			break
-		}
-		it.running = true
-		work <- it // a free worker is waiting
-		free--
-		running++
-	}
-	return free, running
-}
-
 func (d *Daemon) gauges() {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.m.queueDepth.Set(float64(len(d.pending)))
-	var oldest time.Time
-	for _, it := range d.pending {
-		if oldest.IsZero() || it.first.Before(oldest) {
-			oldest = it.first
-		}
-	}
+	n, oldest := len(d.queue.items), d.queue.oldest(false)
+	d.mu.Unlock()
+	d.m.queueDepth.Set(float64(n))
 	if oldest.IsZero() {
 		d.m.oldestPending.Set(0)
 	} else {
@@ -543,13 +572,7 @@ func (d *Daemon) gauges() {
 
 func (d *Daemon) logBacklog() {
 	d.mu.Lock()
-	n := len(d.pending)
-	var oldest time.Time
-	for _, it := range d.pending {
-		if it.attempts > 0 && (oldest.IsZero() || it.first.Before(oldest)) {
-			oldest = it.first
-		}
-	}
+	n, oldest := len(d.queue.items), d.queue.oldest(true)
 	d.mu.Unlock()
 	if !oldest.IsZero() {
 		d.log.Warn("backlog: archives waiting on the local disk", "count", n, "oldestAge", time.Since(oldest).Round(time.Second).String(),
@@ -557,18 +580,84 @@ func (d *Daemon) logBacklog() {
 	}
 }
 
-func (d *Daemon) checkStore(ctx context.Context) {
+// checkStore asks the store whether it is usable and records the answer
+// for /readyz, the status endpoint and the backlog log. It is bounded by
+// HealthTimeout on every path: the caller gets an answer in time even from
+// a store call that ignored its context (that call is left to finish on
+// its own; the scheduler runs one check at a time, so they cannot pile
+// up behind a store that answers nothing).
+func (d *Daemon) checkStore(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, d.opts.HealthTimeout)
+	defer cancel()
+	res := make(chan error, 1)
+	go func() {
+		if c, ok := d.store.(store.Checker); ok {
+			res <- c.Check(cctx)
+			return
+		}
+		_, _, err := d.store.List(cctx, "", "", 1)
+		res <- err
+	}()
 	var err error
-	if c, ok := d.store.(store.Checker); ok {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err = c.Check(cctx)
-		cancel()
-	} else {
-		_, _, err = d.store.List(ctx, "", "", 1)
+	select {
+	case err = <-res:
+	case <-cctx.Done():
+		err = fmt.Errorf("store %s did not answer its health check within %s: %w", d.store.Describe(), d.opts.HealthTimeout, cctx.Err())
 	}
 	d.mu.Lock()
 	d.storeErr = err
 	d.mu.Unlock()
+	return err
+}
+
+// dirRule is who may own the checkpoints directory: root, the daemon's
+// user and the archives' required owner.
+func (d *Daemon) dirRule() admit.DirRule {
+	owners := []uint32{0, uint32(os.Geteuid())}
+	if !d.owner.Any {
+		owners = append(owners, d.owner.UID)
+	}
+	return admit.DirRule{Owners: owners}
+}
+
+// acquireDir takes the checkpoints directory for one use (see admit.Dir:
+// verified against its path, reopened if it was replaced, refused while it
+// is missing or unsafe). The first refusal and every reopening are audited.
+func (d *Daemon) acquireDir(ctx context.Context) (*admit.DirRef, error) {
+	ref, err := d.dir.Acquire()
+	var rec *audit.Record
+	d.mu.Lock()
+	switch {
+	case err != nil && d.dirErr != err.Error():
+		d.dirErr = err.Error()
+		rec = &audit.Record{Action: "checkpoints-dir", Subject: d.cfg.CheckpointsDir, Outcome: audit.Error,
+			Detail: map[string]string{"event": "refused", "error": err.Error()}}
+	case err == nil && (ref.Generation() != d.dirGen || d.dirErr != ""):
+		dev, ino := ref.Identity()
+		event := "usable again"
+		if ref.Generation() != d.dirGen && d.dirGen != 0 {
+			event = "replaced: reopened"
+		}
+		if d.dirGen == 0 {
+			event = "opened"
+		}
+		d.dirGen, d.dirErr = ref.Generation(), ""
+		rec = &audit.Record{Action: "checkpoints-dir", Subject: d.cfg.CheckpointsDir, Outcome: audit.OK,
+			Detail: map[string]string{"event": event, "dev": strconv.FormatUint(dev, 10), "inode": strconv.FormatUint(ino, 10)}}
+	}
+	d.mu.Unlock()
+	if rec != nil {
+		if rec.Outcome == audit.OK {
+			d.log.Info("checkpoints directory "+rec.Detail["event"], "dir", d.cfg.CheckpointsDir, "inode", rec.Detail["inode"])
+		} else {
+			d.log.Error("checkpoints directory unusable; archives wait until it is fixed", "err", err)
+		}
+		d.record(ctx, *rec)
+	}
+	if err != nil {
+		return nil, &failure{"checkpoints-dir", err}
+	}
+	return ref, nil
 }
 
 func (d *Daemon) storeError() error {
@@ -595,8 +684,17 @@ func (d *Daemon) exportAudit(ctx context.Context) {
 func (d *Daemon) serve(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		// Only what a restart cures fails liveness: a checkpoints
+		// directory removed behind its bind mount is never seen again
+		// from inside this process (see admit.ErrDirRemoved).
+		if err := d.dir.Check(); errors.Is(err, admit.ErrDirRemoved) {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := d.storeError(); err != nil {
 			http.Error(w, "store unreachable: "+err.Error(), http.StatusServiceUnavailable)
 			return
@@ -605,6 +703,12 @@ func (d *Daemon) serve(ctx context.Context) error {
 			http.Error(w, "state database not writable: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		dir, err := d.acquireDir(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		dir.Release()
 		fmt.Fprintln(w, "ready")
 	})
 	ln, err := net.Listen("tcp", d.cfg.Daemon.Listen)
@@ -668,18 +772,13 @@ func (d *Daemon) Status() (*Status, error) {
 		return nil, err
 	}
 	st := &Status{Node: d.node, Store: d.store.Describe(), Archives: all}
+	var oldest time.Time
 	st.AuditLast, st.AuditSigned = d.audit.Last()
 	if err := d.storeError(); err != nil {
 		st.StoreError = err.Error()
 	}
 	d.mu.Lock()
-	st.Pending = len(d.pending)
-	var oldest time.Time
-	for _, it := range d.pending {
-		if oldest.IsZero() || it.first.Before(oldest) {
-			oldest = it.first
-		}
-	}
+	st.Pending, oldest = len(d.queue.items), d.queue.oldest(false)
 	d.mu.Unlock()
 	if !oldest.IsZero() {
 		st.OldestAge = time.Since(oldest).Round(time.Millisecond).String()
@@ -758,6 +857,20 @@ func (d *Daemon) WaitVaulted(ctx context.Context, name string) (*Progress, error
 func (d *Daemon) close(errp *error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// An export in flight uses the audit log: wait for it (cancelling it
+	// if it outlasts the grace period) before the last export and before
+	// the log is closed.
+	if d.stopExport != nil {
+		wctx, wcancel := context.WithTimeout(ctx, d.opts.DrainTimeout)
+		finished := d.exports.wait(wctx)
+		wcancel()
+		if !finished {
+			d.log.Warn("audit export still running at stop; cancelling it")
+			d.stopExport()
+			d.exports.wait(context.Background())
+		}
+		defer d.stopExport()
+	}
 	d.record(ctx, audit.Record{Action: "stopped", Subject: d.node, Outcome: audit.OK,
 		Detail: map[string]string{"error": errString(*errp)}})
 	if d.storeError() == nil {

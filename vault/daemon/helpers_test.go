@@ -35,9 +35,10 @@ type env struct {
 }
 
 type envOpt struct {
-	storeYAML string // replaces the file:// store block
-	extra     string // appended YAML
-	rescan    string
+	storeYAML  string // replaces the file:// store block
+	storeExtra string // appended to an S3 store block (s3EnvBucket)
+	extra      string // appended YAML
+	rescan     string
 }
 
 func newEnv(t testing.TB, o envOpt) *env {

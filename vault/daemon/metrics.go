@@ -16,6 +16,8 @@ type metrics struct {
 	stage         *prometheus.HistogramVec
 	failures      *prometheus.CounterVec
 	rejected      *prometheus.CounterVec
+	abandoned     prometheus.Counter
+	orphans       prometheus.Counter
 	queueDepth    prometheus.Gauge
 	inFlight      prometheus.Gauge
 	oldestPending prometheus.Gauge
@@ -37,6 +39,10 @@ func newMetrics() *metrics {
 	}, []string{"stage"})
 	m.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ckvault_failures_total", Help: "Failed vaulting attempts by reason (retried)."}, []string{"reason"})
+	m.abandoned = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ckvault_abandoned_attempts_total", Help: "Upload attempts given up after a failure or restart; the archive is retried under a new object key."})
+	m.orphans = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ckvault_orphaned_objects_total", Help: "Objects of abandoned or rejected attempts the store would not delete (Object Lock); each is named in an audit record and removed by GC."})
 	m.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ckvault_rejected_total", Help: "Files rejected by admission or inspection, by reason (left in place)."}, []string{"reason"})
 	m.queueDepth = prometheus.NewGauge(prometheus.GaugeOpts{
@@ -50,7 +56,7 @@ func newMetrics() *metrics {
 		Help:    "Time from the first event for a file version to its admission.",
 		Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 	})
-	m.reg.MustRegister(m.vaulted, m.vaultedBytes, m.shredded, m.stage, m.failures, m.rejected,
+	m.reg.MustRegister(m.vaulted, m.vaultedBytes, m.shredded, m.stage, m.failures, m.rejected, m.abandoned, m.orphans,
 		m.queueDepth, m.inFlight, m.oldestPending, m.admitLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -3,99 +3,71 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"strings"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/checkpoint-vault/ckvault/audit"
+	"github.com/checkpoint-vault/ckvault/vault/admit"
+	"github.com/checkpoint-vault/ckvault/vault/shred"
 )
 
-// shredDebrisPrefix is the dot-name vault/shred renames an overwritten,
-// truncated archive to just before unlinking it.
-const shredDebrisPrefix = ".ckvault-shred-"
-
 // settleShreds finishes, at start-up, the shreds a crash interrupted after
-// the archive's name had already left the directory (renamed to shred
-// debris, or unlinked, before the "shredded" result was recorded). Such a
-// version has no file for the watcher to find, so without this pass it
-// would stay in the shredding stage forever, with an intent in the audit
-// trail and no result. Versions whose file is still there (same inode) are
-// left to the normal path, which re-checks and resumes them.
+// the archive had left its name (claimed: renamed to its debris name, or
+// already unlinked) before the "shredded" result was recorded. Such a
+// version has no file at its name for the watcher to find, so without
+// this pass it would stay in the shredding stage forever, with an intent
+// in the audit trail and no result, and its debris would keep plaintext
+// on the node. Versions still at their name are left to the normal path
+// (process, then finish), which claims and destroys them.
 //
-// The daemon was proven to hold the remote copy before any of these began
-// (a version reaches shredding only from proven), so closing them out
-// destroys nothing and loses nothing.
-func (d *Daemon) settleShreds(ctx context.Context) error {
-	debris, err := d.removeShredDebris()
-	if err != nil {
-		d.log.Warn("could not remove shred debris", "dir", d.cfg.CheckpointsDir, "err", err)
-	}
+// Then any debris that no version claims (its record was pruned or lost)
+// is destroyed too: a debris name is only ever given to a proven archive
+// (see shredstage.go), and the directory is writable by its owner only.
+func (d *Daemon) settleShreds(ctx context.Context, dir *admit.DirRef) error {
 	all, err := d.state.All()
 	if err != nil {
 		return fmt.Errorf("reading the state database: %w", err)
 	}
-	dirfd := int(d.dir.Fd())
+	known := map[string]bool{}
 	for i := range all {
 		p := &all[i]
 		if p.Stage != StageShredding {
 			continue
 		}
-		var st unix.Stat_t
-		err := unix.Fstatat(dirfd, p.Name, &st, unix.AT_SYMLINK_NOFOLLOW)
-		if err == nil && st.Dev == p.Dev && st.Ino == p.Ino {
+		known[debrisOf(p)] = true
+		if cur, err := admit.Stat(dir, p.Name); err == nil && cur.Same(p.Snapshot()) {
 			continue // still here: process() resumes it
 		}
-		how := "the archive's name was gone at restart: the interrupted shred had overwritten, truncated and unlinked it"
-		if debris == 0 {
-			// Without debris we cannot tell our unlink from someone
-			// else's removal; say so rather than claim an overwrite.
-			how = "the archive's name was gone at restart (unlinked by the interrupted shred, or removed by someone else)"
-		}
-		if err := d.record(ctx, audit.Record{Action: "shredded", Subject: p.Name, Namespace: p.Namespace, Pod: p.Pod,
-			Container: p.Container, Outcome: audit.OK,
-			Detail: map[string]string{"object": p.Object, "phase": "done", "recovered": how}}); err != nil {
+		if err := d.settleShred(ctx, dir, p); err != nil {
 			return err
 		}
-		p.Stage, p.Reason = StageShredded, "completed after restart: "+how
-		if err := d.state.Put(p); err != nil {
-			return err
+	}
+	names, err := dir.Names()
+	if err != nil {
+		return fmt.Errorf("listing %s for shred debris: %w", d.cfg.CheckpointsDir, err)
+	}
+	for _, name := range names {
+		if !shred.IsDebris(name) || known[name] {
+			continue
 		}
-		d.log.Info("completed a shred interrupted by a restart", "file", p.Name, "object", p.Object)
+		if err := d.destroyOrphanDebris(ctx, dir, name); err != nil {
+			d.log.Warn("could not destroy shred debris", "dir", d.cfg.CheckpointsDir, "debris", name, "err", err)
+		}
 	}
 	return nil
 }
 
-// removeShredDebris unlinks what an interrupted shred left behind: empty
-// regular files with one link named with vault/shred's debris prefix.
-// Anything else with that name is not ours to delete and stays.
-func (d *Daemon) removeShredDebris() (int, error) {
-	names, err := d.dir.Readdirnames(-1)
-	if _, serr := d.dir.Seek(0, 0); err == nil {
-		err = serr
-	}
+// destroyOrphanDebris destroys debris no version in the state database
+// accounts for, recording it under the debris name (the archive's name is
+// not known any more).
+func (d *Daemon) destroyOrphanDebris(ctx context.Context, dir *admit.DirRef, name string) error {
+	deb, err := shred.OpenDebris(dir, name)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	dirfd := int(d.dir.Fd())
-	n := 0
-	for _, name := range names {
-		if !strings.HasPrefix(name, shredDebrisPrefix) {
-			continue
-		}
-		var st unix.Stat_t
-		if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			continue
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != 0 || st.Nlink != 1 {
-			continue
-		}
-		if err := unix.Unlinkat(dirfd, name, 0); err != nil {
-			return n, fmt.Errorf("removing shred debris %s: %w", name, err)
-		}
-		n++
-	}
-	if n > 0 {
-		return n, unix.Fsync(dirfd)
-	}
-	return 0, nil
+	defer deb.Close()
+	return d.audit.Do(ctx, audit.Record{Actor: "daemon", Action: "shredded", Subject: name, Outcome: audit.OK,
+		Detail: map[string]string{"recovered": "shred debris without a progress record: destroyed"}},
+		func(context.Context) error {
+			_, err := deb.Destroy(d.cfg.Daemon.ShredPasses)
+			return err
+		})
 }

@@ -11,15 +11,21 @@ import (
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 )
 
-// s3Env is an env whose store is a bucket prefix on srv, over TLS.
+// s3Env is an env whose store is a prefix of srv's shared bucket, over TLS.
 func s3Env(t testing.TB, srv *testservers.Server, prefix string, o envOpt) *env {
+	t.Helper()
+	return s3EnvBucket(t, srv, srv.Bucket, prefix, o)
+}
+
+// s3EnvBucket is an env whose store is a prefix of bucket on srv, over TLS.
+func s3EnvBucket(t testing.TB, srv *testservers.Server, bucket, prefix string, o envOpt) *env {
 	t.Helper()
 	dir := t.TempDir()
 	ak, sk := filepath.Join(dir, "ak"), filepath.Join(dir, "sk")
 	must(t, os.WriteFile(ak, []byte(srv.AccessKey+"\n"), 0o600))
 	must(t, os.WriteFile(sk, []byte(srv.SecretKey+"\n"), 0o600))
-	o.storeYAML = fmt.Sprintf("store:\n  url: %s\n  caFile: %s\n  pathStyle: path\n  accessKeyFile: %s\n  secretKeyFile: %s\n",
-		srv.StoreURL(srv.Bucket, prefix), srv.CAFile, ak, sk)
+	o.storeYAML = fmt.Sprintf("store:\n  url: %s\n  caFile: %s\n  pathStyle: path\n  accessKeyFile: %s\n  secretKeyFile: %s\n%s",
+		srv.StoreURL(bucket, prefix), srv.CAFile, ak, sk, o.storeExtra)
 	return newEnv(t, o)
 }
 

@@ -1,16 +1,31 @@
 package daemon
 
 // The shred stage: destroying the local copy of a proven archive, and
-// resuming a shred a crash interrupted.
+// settling a shred a crash or a failure interrupted.
+//
+// Destruction has two steps (vault/shred): Claim renames the archive to
+// its debris name (derived from the version, see debrisOf) and makes the
+// rename durable; Destroy overwrites, truncates and unlinks the debris.
+// Nothing is ever overwritten under an archive's own name, so:
+//
+//   - whatever is found at an archive's name is an archive: a version the
+//     state database knows resumes from its stage, any other version —
+//     including a new archive a runtime wrote in place of one being
+//     shredded — is vaulted like any other;
+//   - whatever is found at a version's debris name is that version,
+//     claimed after it was proven: it is destroyed (settleShred).
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"strconv"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/vault/admit"
@@ -18,47 +33,17 @@ import (
 	"github.com/checkpoint-vault/ckvault/vault/watch"
 )
 
-// resumeShred finishes a shred that a crash interrupted after the overwrite
-// had begun (which changed the file's mtime, so it no longer matches the
-// version that was proven). It is resumed only if the file is, beyond doubt,
-// our own debris: the same inode, no larger, no writer (admission's lease),
-// and its first block no longer a tar header (the overwrite starts at
-// offset 0 with random bytes). A tar header there means a runtime wrote a new
-// archive into the name: that is vaulted like any other.
-func (d *Daemon) resumeShred(ctx context.Context, it *item, prev *Progress, snap admit.Snapshot) (result, error) {
-	c, err := admit.Open(d.dir, it.name, d.owner, snap.Ino)
-	if err != nil {
-		if admit.ReasonOf(err).Transient() {
-			return resPoll, nil
-		}
-		return d.vault(ctx, it, snap)
-	}
-	var hdr [512]byte
-	n, _ := c.File.ReadAt(hdr[:], 0)
-	_, herr := tar.NewReader(bytes.NewReader(hdr[:n])).Next()
-	cur := c.Snapshot
-	c.Close()
-	if n == len(hdr) && herr == nil {
-		return d.vault(ctx, it, snap)
-	}
-	p := *prev
-	p.Mtime, p.Ctime, p.Size = cur.Mtime.UnixNano(), cur.Ctime.UnixNano(), cur.Size
-	d.log.Info("resuming a shred interrupted by a restart", "file", it.name, "object", p.Object)
-	res, err := d.finish(ctx, &p)
-	if err == nil && p.Stage == StageShredded {
-		// The interrupted version is finished by its successor record;
-		// close it too, so no version stays in shredding.
-		prev.Stage, prev.Reason = StageShredded, "completed after restart as the overwritten version"
-		if err := d.state.Put(prev); err != nil {
-			return resBackoff, &failure{"state-db", err}
-		}
-	}
-	return res, err
-}
-
 // finish destroys the local copy of a proven archive, unless it is pinned.
+// It takes the checkpoints directory afresh, so what it destroys is in the
+// directory the path names now (verified), never in one that was replaced
+// or moved away while the archive was sealed.
 func (d *Daemon) finish(ctx context.Context, p *Progress) (result, error) {
-	if watch.IsPinned(d.dir, p.Name) {
+	dir, err := d.acquireDir(ctx)
+	if err != nil {
+		return resBackoff, err
+	}
+	defer dir.Release()
+	if watch.IsPinned(dir, p.Name) {
 		if p.Stage != StagePinned {
 			if err := d.record(ctx, audit.Record{Action: "pinned", Subject: p.Name, Namespace: p.Namespace, Pod: p.Pod,
 				Container: p.Container, Outcome: audit.OK, Detail: map[string]string{"object": p.Object,
@@ -76,7 +61,7 @@ func (d *Daemon) finish(ctx context.Context, p *Progress) (result, error) {
 		return resDone, nil
 	}
 	t := time.Now()
-	fsName, bestEffort, why, _ := shred.Filesystem(int(d.dir.Fd()))
+	fsName, bestEffort, why, _ := shred.Filesystem(int(dir.Fd()))
 	detail := map[string]string{"object": p.Object, "filesystem": fsName,
 		"bestEffort": strconv.FormatBool(bestEffort), "passes": strconv.Itoa(d.cfg.Daemon.ShredPasses)}
 	if bestEffort {
@@ -88,12 +73,17 @@ func (d *Daemon) finish(ctx context.Context, p *Progress) (result, error) {
 	}
 	reached("shredding", p)
 	var res shred.Result
-	err := d.audit.Do(ctx, audit.Record{Actor: "daemon", Action: "shredded", Subject: p.Name, Namespace: p.Namespace,
+	err = d.audit.Do(ctx, audit.Record{Actor: "daemon", Action: "shredded", Subject: p.Name, Namespace: p.Namespace,
 		Pod: p.Pod, Container: p.Container, Outcome: audit.OK, Detail: detail},
 		func(context.Context) error {
 			reached("shredding/intent-audited", p)
-			var err error
-			res, err = shred.Shred(d.dir, p.Name, p.Snapshot(), d.cfg.Daemon.ShredPasses)
+			deb, err := shred.Claim(dir, p.Name, debrisOf(p), p.Snapshot())
+			if err != nil {
+				return err
+			}
+			defer deb.Close()
+			reached(ptShredClaimed, p)
+			res, err = deb.Destroy(d.cfg.Daemon.ShredPasses)
 			if err == nil {
 				reached("shredding/destroyed", p)
 			}
@@ -128,4 +118,114 @@ func (d *Daemon) finish(ctx context.Context, p *Progress) (result, error) {
 	d.log.Info("vaulted and shredded", "file", p.Name, "object", p.Object, "size", p.Size)
 	d.notify()
 	return resDone, nil
+}
+
+// ptShredClaimed: the archive is renamed to its debris name, durably, and
+// nothing is overwritten yet. The crash test also damages the debris there
+// ("+overwrite", "+truncate") as a crash inside Destroy would leave it.
+const ptShredClaimed = "shredding/claimed"
+
+// debrisOf is the debris name of p's version: stable across restarts, so
+// an interrupted shred finds its debris again.
+func debrisOf(p *Progress) string {
+	return shred.DebrisName(versionKey(p.Name, p.Snapshot()))
+}
+
+// settleName settles the versions of name left in the shredding stage
+// that the name no longer holds (cur is what it holds now, nil if
+// nothing): see settleShred. process calls it when a name vanished or
+// holds a version the state database does not know.
+func (d *Daemon) settleName(ctx context.Context, dir *admit.DirRef, name string, cur *admit.Snapshot) error {
+	ps, err := d.state.shreddingOf(name)
+	if err != nil {
+		return &failure{"state-db", err}
+	}
+	for _, p := range ps {
+		if cur != nil && cur.Same(p.Snapshot()) {
+			continue // still at its name: finish resumes it
+		}
+		if err := d.settleShred(ctx, dir, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// settleShred finishes a version whose shred was interrupted (by a crash,
+// or a failure after Claim) and whose name no longer holds it. If its
+// debris is there it is destroyed now; otherwise the interrupted shred
+// had already unlinked it, or its name was rewritten in place before it
+// was claimed (the writer truncated the proven content; what is there now
+// is a new archive, vaulted on its own). Either way the version was
+// proven before its shred began, so closing it destroys nothing that is
+// not in the store.
+func (d *Daemon) settleShred(ctx context.Context, dir *admit.DirRef, p *Progress) error {
+	rec := audit.Record{Actor: "daemon", Action: "shredded", Subject: p.Name, Namespace: p.Namespace, Pod: p.Pod,
+		Container: p.Container, Outcome: audit.OK, Detail: map[string]string{"object": p.Object}}
+	deb, err := shred.OpenDebris(dir, debrisOf(p))
+	switch {
+	case err == nil:
+		defer deb.Close()
+		rec.Detail["recovered"] = "the interrupted shred had claimed it (renamed to its debris name): destroyed now"
+		rec.Detail["passes"] = strconv.Itoa(d.cfg.Daemon.ShredPasses)
+		var res shred.Result
+		err := d.audit.Do(ctx, rec, func(context.Context) error {
+			var err error
+			res, err = deb.Destroy(d.cfg.Daemon.ShredPasses)
+			return err
+		})
+		if err != nil {
+			return &failure{"shred", err}
+		}
+		if res.BestEffort {
+			d.log.Warn("shredded on a filesystem where overwriting is best effort", "file", p.Name, "filesystem", res.FSType, "reason", res.Reason)
+		}
+		p.Reason = "completed after an interruption: debris destroyed"
+		d.m.shredded.Inc()
+	case errors.Is(err, fs.ErrNotExist):
+		var st admit.Snapshot
+		if st, err = admit.Stat(dir, p.Name); err == nil && st.Dev == p.Dev && st.Ino == p.Ino {
+			rec.Detail["recovered"] = "the archive was rewritten in place before its shred began; the proven version is in the store and the new content is a new archive"
+			p.Reason = "superseded: rewritten in place before it was claimed"
+		} else {
+			rec.Detail["recovered"] = "no debris and no archive left: the interrupted shred had unlinked it (or someone removed it)"
+			p.Reason = "completed after an interruption: already unlinked"
+		}
+		rec.Detail["phase"] = "done"
+		if err := d.record(ctx, rec); err != nil {
+			return &failure{"audit", err}
+		}
+	default:
+		return &failure{"shred", fmt.Errorf("settling the interrupted shred of %s: %w", p.Name, err)}
+	}
+	p.Stage = StageShredded
+	if err := d.state.Put(p); err != nil {
+		return &failure{"state-db", err}
+	}
+	d.log.Info("completed a shred interrupted earlier", "file", p.Name, "object", p.Object, "how", rec.Detail["recovered"])
+	d.notify()
+	return nil
+}
+
+// shreddingOf returns the versions of name in the shredding stage.
+func (s *stateDB) shreddingOf(name string) ([]*Progress, error) {
+	var out []*Progress
+	prefix := append([]byte(name), 0)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketProgress).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var p Progress
+			if err := json.Unmarshal(v, &p); err != nil {
+				return err
+			}
+			if p.Stage == StageShredding {
+				out = append(out, &p)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading progress of %s: %w", name, err)
+	}
+	return out, nil
 }

@@ -13,6 +13,7 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/checkpoint-vault/ckvault/vault/admit"
+	"github.com/checkpoint-vault/ckvault/vault/manifest"
 )
 
 // StateFileName is the progress database inside the state directory. It is
@@ -23,19 +24,24 @@ const StateFileName = "state.db"
 // Stage is where one archive version is in the pipeline. The values are
 // stable: they are stored, shown by the status endpoint and used as labels.
 //
-//	(new) -> sealing -> uploaded -> proven -> shredding -> shredded
-//	                                     \-> pinned (until the .keep pin goes)
+//	(new) -> sealing -> sealed -> uploaded -> proven -> shredding -> shredded
+//	                                             \-> pinned (until the .keep pin goes)
 //	(new) -> rejected | skipped
 //
-// sealing: the ciphertext is being (or was partly) uploaded; a restart reads
-// and uploads again under the same object key. uploaded: every object is
-// stored and proven by Put; a restart re-proves with Stat without reading the
-// archive again. proven: the "proven" audit record is durable; from here on
-// the local copy may be destroyed. shredding: destruction started.
+// sealing: the attempt's object key is chosen and its ciphertext is being
+// (or was partly) uploaded; a restart abandons the attempt (its objects are
+// withdrawn or recorded as orphans) and starts again under a new key.
+// sealed: the ciphertext is stored and proven by Put, and the unsigned
+// manifest is recorded; a restart signs (once) and publishes it without
+// reading the archive again. uploaded: every object is stored and proven by
+// Put; a restart re-proves with Stat. proven: the "proven" audit record is
+// durable; from here on the local copy may be destroyed. shredding:
+// destruction started.
 type Stage string
 
 const (
 	StageSealing   Stage = "sealing"
+	StageSealed    Stage = "sealed"
 	StageUploaded  Stage = "uploaded"
 	StageProven    Stage = "proven"
 	StagePinned    Stage = "pinned"
@@ -44,27 +50,6 @@ const (
 	StageRejected  Stage = "rejected"
 	StageSkipped   Stage = "skipped"
 )
-
-// testHookStage, when set (by tests only; nil in production), is called
-// right after each durable step of the pipeline with the name of that
-// crash point and the archive's progress. The crash test's child daemon
-// SIGKILLs itself there, so that a restart is exercised after every step,
-// however short its window. Points are "STAGE" (the stage was just recorded
-// in the state database) or "STAGE/EVENT" (while in STAGE, EVENT is durable):
-//
-//	sealing, sealing/admitted, sealing/ciphertext-stored, sealing/sealed,
-//	sealing/objects-stored, uploaded, uploaded/audited,
-//	uploaded/proven-audited, proven, proven/pinned-audited, pinned,
-//	shredding, shredding/intent-audited, shredding/destroyed,
-//	shredding/done-audited, shredded
-var testHookStage func(point string, p *Progress)
-
-// reached calls testHookStage.
-func reached(point string, p *Progress) {
-	if testHookStage != nil {
-		testHookStage(point, p)
-	}
-}
 
 // Terminal reports whether nothing more will happen to this version.
 func (s Stage) Terminal() bool {
@@ -89,6 +74,15 @@ type Progress struct {
 	Namespace string `json:"namespace,omitempty"`
 	Pod       string `json:"pod,omitempty"`
 	Container string `json:"container,omitempty"`
+	// Manifest is the unsigned canonical manifest (from sealed on) and
+	// Signed its signatures once made: a retry publishes exactly these
+	// bytes, which a create-only store accepts as its own earlier upload.
+	Manifest []byte           `json:"manifest,omitempty"`
+	Signed   *manifest.Signed `json:"signed,omitempty"`
+	// CiphertextChecksum and CiphertextVersion are what the store reported
+	// for the ciphertext's Put, for the "uploaded" record.
+	CiphertextChecksum string `json:"ciphertextChecksum,omitempty"`
+	CiphertextVersion  string `json:"ciphertextVersion,omitempty"`
 	// CiphertextSize and ManifestSize let a restart re-prove an uploaded
 	// archive with Stat alone.
 	CiphertextSize   int64  `json:"ciphertextSize,omitempty"`
@@ -199,6 +193,17 @@ func (s *stateDB) Put(p *Progress) error {
 	return nil
 }
 
+// Delete forgets p's version, so that its next attempt starts afresh.
+func (s *stateDB) Delete(p *Progress) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketProgress).Delete(versionKey(p.Name, p.Snapshot()))
+	})
+	if err != nil {
+		return fmt.Errorf("clearing %s in the state database: %w", p.Name, err)
+	}
+	return nil
+}
+
 // All returns every stored version (for status and tests).
 func (s *stateDB) All() ([]Progress, error) {
 	var out []Progress
@@ -247,26 +252,4 @@ func (s *stateDB) Writable() error {
 		}
 		return b.Put([]byte("probe"), []byte(time.Now().UTC().Format(time.RFC3339Nano)))
 	})
-}
-
-// interruptedShred returns the progress of an earlier version of name on the
-// same inode whose shredding had started (a crash mid-overwrite changes the
-// mtime, so the file no longer matches its recorded version), or nil.
-func (s *stateDB) interruptedShred(name string, dev, ino uint64) (*Progress, error) {
-	var out *Progress
-	prefix := append([]byte(name), 0)
-	err := s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketProgress).Cursor()
-		for k, v := c.Seek(prefix); k != nil && len(k) >= len(prefix) && string(k[:len(prefix)]) == string(prefix); k, v = c.Next() {
-			var p Progress
-			if err := json.Unmarshal(v, &p); err != nil {
-				return err
-			}
-			if p.Stage == StageShredding && p.Dev == dev && p.Ino == ino {
-				out = &p
-			}
-		}
-		return nil
-	})
-	return out, err
 }

@@ -136,11 +136,15 @@ func deleteOne(ctx context.Context, st Store, opts *Options, a Action) (versions
 	if err != nil {
 		return 0, 0, err
 	}
-	if a.Limit == LimitUnfinished {
-		// The intent is already there; keep it (and its reason) as is.
-	} else if _, err := st.Put(ctx, ikey, bytes.NewReader(body), int64(len(body)), store.PutOptions{ContentType: "application/json"}); err != nil {
-		return 0, 0, fmt.Errorf("gc: %s: writing the intent %s: %w; nothing was deleted", a.Base, ikey, err)
-	}
+	intentVersion := a.intentVersion
+	if a.Limit != LimitUnfinished {
+		oi, err := st.Put(ctx, ikey, bytes.NewReader(body), int64(len(body)), store.PutOptions{ContentType: "application/json"})
+		if err != nil {
+			return 0, 0, fmt.Errorf("gc: %s: writing the intent %s: %w; nothing was deleted", a.Base, ikey, err)
+		}
+		intentVersion = oi.VersionID
+	} // else the intent is already there; keep it (and its reason) as is
+
 	opts.hook("intent-object")
 	intentRec := rec
 	intentRec.Detail = withPhase(rec.Detail, "intent")
@@ -174,7 +178,7 @@ func deleteOne(ctx context.Context, st Store, opts *Options, a Action) (versions
 		return versions, nbytes, fmt.Errorf("gc: %s: recording the deletion in the audit trail: %w (the intent %s stays; the next run records it)", a.Base, err, ikey)
 	}
 	opts.hook("outcome-record")
-	if err := removeAll(ctx, st, ikey); err != nil {
+	if err := st.DeleteVersion(ctx, ikey, intentVersion, store.DeleteOptions{}); err != nil {
 		return versions, nbytes, fmt.Errorf("gc: %s: removing the finished intent %s: %w", a.Base, ikey, err)
 	}
 	opts.hook("intent-removed")
@@ -216,4 +220,16 @@ func clip(s string) string {
 		return s[:audit.MaxFieldLen-3] + "..."
 	}
 	return s
+}
+
+// Run is one complete retention run — PlanRun, then Execute unless dryRun —
+// as `ckvault gc` does it and as a scheduler (`ckvault serve` with
+// retention.interval) calls it. The result is nil for a dry run.
+func Run(ctx context.Context, st Store, opts Options, dryRun bool) (*Plan, *Result, error) {
+	plan, err := PlanRun(ctx, st, opts)
+	if err != nil || dryRun {
+		return plan, nil, err
+	}
+	res, err := Execute(ctx, st, opts, plan)
+	return plan, res, err
 }

@@ -187,6 +187,9 @@ type Action struct {
 	// Bypass is "governance" when a version goes only because governance
 	// retention is bypassed.
 	Bypass string `json:"bypass,omitempty"`
+
+	// intentVersion is the version of an unfinished action's intent.
+	intentVersion string
 }
 
 // Held is a due checkpoint or orphan that stays for now.
@@ -285,12 +288,13 @@ func deletionOrder(base string, vs []store.Version) []store.Version {
 	return out
 }
 
-// checkpoint is a base with a verified manifest.
+// checkpoint is a base with a verified manifest, reduced to what
+// selection needs (10,000 whole manifests would dominate GC's memory).
 type checkpoint struct {
-	g            *group
-	m            *manifest.Manifest
-	checkpointed time.Time
-	size         int64
+	g                         *group
+	namespace, pod, container string
+	checkpointed              time.Time
+	size                      int64
 }
 
 // scope is one policy and the checkpoints it governs.
@@ -346,6 +350,9 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 			continue
 		}
 		in, err := readIntent(ctx, st, iv.Key)
+		if errors.Is(err, errTransient) {
+			return nil, err
+		}
 		if err != nil {
 			plan.Unverified = append(plan.Unverified, Problem{Base: iv.Key, Err: err.Error()})
 			continue
@@ -369,7 +376,7 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 				continue
 			}
 		}
-		a := Action{Base: in.Base, Policy: in.Policy, Limit: LimitUnfinished,
+		a := Action{Base: in.Base, Policy: in.Policy, Limit: LimitUnfinished, intentVersion: iv.VersionID,
 			Reason: fmt.Sprintf("finishing a deletion begun %s (%s: %s)", in.Time.UTC().Format(time.RFC3339), in.Limit, in.Reason)}
 		if g := groups[in.Base]; g != nil {
 			a.Versions = g.versions
@@ -437,7 +444,10 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 			}
 			plan.Unverified = append(plan.Unverified, Problem{Base: b, Err: r.err.Error()})
 		default:
-			cps = append(cps, &checkpoint{g: g, m: r.m, checkpointed: r.m.CheckpointedAt.Time, size: r.m.Ciphertext.Size})
+			m := r.m
+			cps = append(cps, &checkpoint{g: g, namespace: m.Namespace, pod: m.Pod, container: m.Container,
+				checkpointed: m.CheckpointedAt.Time, size: m.Ciphertext.Size})
+			res[i].m = nil
 		}
 	}
 	plan.Checkpoints = len(cps)
@@ -506,7 +516,7 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 			}
 			kept--
 			actions = append(actions, Action{Base: c.g.base, Versions: c.g.versions, Policy: sc.name, Limit: limit, Reason: reason,
-				Namespace: c.m.Namespace, Pod: c.m.Pod, Container: c.m.Container, Checkpointed: c.checkpointed, Size: c.size, Bypass: bypass})
+				Namespace: c.namespace, Pod: c.pod, Container: c.container, Checkpointed: c.checkpointed, Size: c.size, Bypass: bypass})
 		}
 	}
 	plan.Kept = kept
@@ -547,15 +557,14 @@ func assign(p *policy.RetentionConfig, cps []*checkpoint) []*scope {
 		sc.cps = append(sc.cps, c)
 	}
 	for _, c := range cps {
-		m := c.m
-		ctr := m.Namespace + "/" + m.Pod + "/" + m.Container
-		pod := m.Namespace + "/" + m.Pod
+		ctr := c.namespace + "/" + c.pod + "/" + c.container
+		pod := c.namespace + "/" + c.pod
 		if l, ok := p.Containers[ctr]; ok {
 			add("container "+ctr, l.Parsed(), c)
 		} else if l, ok := p.Pods[pod]; ok {
 			add("pod "+pod, l.Parsed(), c)
-		} else if l, ok := p.Namespaces[m.Namespace]; ok {
-			add("namespace "+m.Namespace, l.Parsed(), c)
+		} else if l, ok := p.Namespaces[c.namespace]; ok {
+			add("namespace "+c.namespace, l.Parsed(), c)
 		} else if p.Global != nil {
 			add("global", p.Global.Parsed(), c)
 		}

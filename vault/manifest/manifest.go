@@ -32,10 +32,20 @@ import (
 	"unicode/utf8"
 
 	"github.com/checkpoint-vault/ckvault/crypto/envelope"
+	"github.com/checkpoint-vault/ckvault/vault/checkpoint"
 )
 
-// FormatV1 is the format identifier of this version of the manifest.
-const FormatV1 = "ckvault.dev/manifest/v1"
+// Format identifiers. Writers write FormatV2; readers accept both. The two
+// differ only in the base key's short id (docs/FORMAT.md "Key components"):
+// v1 derived it from the archive's metadata, v2 chooses it at random for
+// every upload attempt.
+const (
+	FormatV1 = "ckvault.dev/manifest/v1"
+	FormatV2 = "ckvault.dev/manifest/v2"
+)
+
+// knownFormat reports whether this build reads manifests of format f.
+func knownFormat(f string) bool { return f == FormatV1 || f == FormatV2 }
 
 // MaxSize bounds a manifest's encoding. Real manifests are a few KiB; the
 // bound keeps a hostile object from exhausting memory before parsing.
@@ -53,9 +63,9 @@ var Engines = []string{"containerd", "cri-o"}
 // Manifest is the record of one vaulted checkpoint. Field order here is
 // the order of the canonical encoding.
 type Manifest struct {
-	// Format is FormatV1.
+	// Format is FormatV2 (FormatV1 in manifests written before v2).
 	Format string `json:"format"`
-	// Object is the base key (see BaseKey), relative to the store prefix.
+	// Object is the base key (see NewKey), relative to the store prefix.
 	Object string `json:"object"`
 
 	Namespace string `json:"namespace"`
@@ -237,6 +247,56 @@ func (m *Manifest) encode() ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// Sealing is what one pass over an archive established: everything a
+// manifest records apart from its own format.
+type Sealing struct {
+	// Object is the base key the objects are stored under (NewKey).
+	Object       string
+	Node         string
+	OriginalName string
+	// Info is what the archive says about itself (identity, engine,
+	// metadata, members), read while it was sealed.
+	Info *checkpoint.Info
+	// CheckpointedAt is Info.Checkpointed, or the file name's time when the
+	// archive does not say.
+	CheckpointedAt        time.Time
+	Plaintext, Ciphertext Digest
+	// Recipients are the recipients' fingerprints, in any order.
+	Recipients  []string
+	VaultedAt   time.Time
+	ToolVersion string
+}
+
+// New builds the manifest of a sealed archive, in the current format, and
+// validates it. It is the one place a manifest is assembled: the daemon and
+// the test helpers both call it.
+func New(s Sealing) (*Manifest, error) {
+	info := s.Info
+	m := &Manifest{
+		Format: FormatV2, Object: s.Object,
+		Namespace: info.Identity.Namespace, Pod: info.Identity.Pod, Container: info.Identity.Container,
+		Node:           s.Node,
+		CheckpointedAt: Time{Time: s.CheckpointedAt.UTC()},
+		VaultedAt:      Time{Time: s.VaultedAt.UTC()},
+		OriginalName:   s.OriginalName,
+		Plaintext:      s.Plaintext,
+		Ciphertext:     s.Ciphertext,
+		Recipients:     slices.Sorted(slices.Values(s.Recipients)),
+		Checkpoint: Checkpoint{Engine: info.Engine, Runtime: info.Runtime, ContainerID: info.ContainerID,
+			Image: info.Image, ImageRef: info.ImageRef},
+		Archive:     ArchiveOf(info),
+		ToolVersion: s.ToolVersion,
+	}
+	if !info.Created.IsZero() {
+		m.Checkpoint.CreatedAt = Time{Time: info.Created.UTC()}
+	}
+	m.Recipients = slices.Compact(m.Recipients)
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // Errors from Parse and Verify; test with errors.Is.
 var (
 	// ErrMalformed: not a manifest (bad JSON, unknown or duplicate field,
@@ -272,8 +332,8 @@ func Parse(b []byte) (*Manifest, error) {
 	if err := json.Unmarshal(b, &probe); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if probe.Format != FormatV1 {
-		return nil, fmt.Errorf("%w %q: this ckvault reads %q; use a ckvault release that supports it", ErrUnsupportedFormat, probe.Format, FormatV1)
+	if !knownFormat(probe.Format) {
+		return nil, fmt.Errorf("%w %q: this ckvault reads %q and %q; use a ckvault release that supports it", ErrUnsupportedFormat, probe.Format, FormatV1, FormatV2)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -316,8 +376,8 @@ func (m *Manifest) Validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
 	}
-	if m.Format != FormatV1 {
-		return fmt.Errorf("%w %q: want %q", ErrUnsupportedFormat, m.Format, FormatV1)
+	if !knownFormat(m.Format) {
+		return fmt.Errorf("%w %q: want %q", ErrUnsupportedFormat, m.Format, FormatV2)
 	}
 	if m.CheckpointedAt.IsZero() {
 		return bad("checkpointedAt is missing")
@@ -325,12 +385,8 @@ func (m *Manifest) Validate() error {
 	if m.VaultedAt.IsZero() {
 		return bad("vaultedAt is missing")
 	}
-	want, err := BaseKey(m.KeyInput())
-	if err != nil {
+	if err := checkKey(m.Format, m.Object, m.KeyInput()); err != nil {
 		return bad("%v", err)
-	}
-	if m.Object != want {
-		return bad("object %q is not the key derived from the manifest's fields (%q)", m.Object, want)
 	}
 	if err := checkText("originalName", m.OriginalName, 255, true); err != nil {
 		return bad("%v", err)

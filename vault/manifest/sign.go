@@ -136,3 +136,24 @@ func (m *Manifest) VerifyCiphertextSignature(trusted *signing.TrustedKeys, sigOr
 	}
 	return hint, nil
 }
+
+// Upload is one small object of a signed checkpoint: its key, content type
+// and bytes.
+type Upload struct {
+	Key, ContentType string
+	Data             []byte
+}
+
+// Uploads lists the objects a writer stores after the ciphertext, in the
+// order it must store them: the signatures, then the manifest, whose
+// presence marks the checkpoint complete.
+func (s Signed) Uploads() []Upload {
+	o := s.Objects
+	return []Upload{
+		{o.CiphertextSig, "text/plain", s.CiphertextSig.Sig},
+		{o.CiphertextBundle, "application/json", s.CiphertextSig.Bundle},
+		{o.ManifestSig, "text/plain", s.ManifestSig.Sig},
+		{o.ManifestBundle, "application/json", s.ManifestSig.Bundle},
+		{o.Manifest, "application/json", s.Manifest},
+	}
+}

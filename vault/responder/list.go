@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/checkpoint-vault/ckvault/crypto/signing"
-	"github.com/checkpoint-vault/ckvault/internal/k8sname"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
 	"github.com/checkpoint-vault/ckvault/vault/store"
 )
@@ -41,53 +40,11 @@ type Entry struct {
 	Key KeyParts
 }
 
-// KeyParts are the components of a base key
-// <namespace>/<pod>/<container>/<checkpointed>-<node>-<short id>.
-type KeyParts struct {
-	Namespace, Pod, Container, Node, ShortID string
-	Checkpointed                             time.Time
-}
+// KeyParts are the components of a base key (manifest.ParseKey).
+type KeyParts = manifest.KeyParts
 
-// ParseBaseKey splits a base key into its components. ok is false for a
-// key that does not have the format's shape.
-func ParseBaseKey(base string) (p KeyParts, ok bool) {
-	seg := strings.Split(base, "/")
-	if len(seg) != 4 {
-		return KeyParts{}, false
-	}
-	last := seg[3]
-	const tlen = len("20060102T150405Z")
-	if len(last) < tlen+1+1+1+12 || last[tlen] != '-' {
-		return KeyParts{}, false
-	}
-	t, err := time.Parse("20060102T150405Z", last[:tlen])
-	if err != nil {
-		return KeyParts{}, false
-	}
-	rest := last[tlen+1:]
-	i := strings.LastIndexByte(rest, '-')
-	if i <= 0 || !isHex(rest[i+1:]) || len(rest[i+1:]) != 12 {
-		return KeyParts{}, false
-	}
-	p = KeyParts{Namespace: seg[0], Pod: seg[1], Container: seg[2], Node: rest[:i], ShortID: rest[i+1:], Checkpointed: t}
-	// The components are the names a writer checked (internal/k8sname); a
-	// key whose parts break those rules was not written by one, and its
-	// parts must not be taken as an identity (the audit trail refuses them).
-	if !k8sname.Namespace.Valid(p.Namespace) || !k8sname.Pod.Valid(p.Pod) ||
-		!k8sname.Container.Valid(p.Container) || !k8sname.Node.Valid(p.Node) {
-		return KeyParts{}, false
-	}
-	return p, true
-}
-
-func isHex(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if !(s[i] >= '0' && s[i] <= '9' || s[i] >= 'a' && s[i] <= 'f') {
-			return false
-		}
-	}
-	return s != ""
-}
+// ParseBaseKey splits a base key into its components; see manifest.ParseKey.
+func ParseBaseKey(base string) (KeyParts, bool) { return manifest.ParseKey(base) }
 
 // idOf is the id of a base key: its short id, or the whole key when it
 // does not have the format's shape (so it is still listed and selectable).
@@ -364,14 +321,27 @@ func (r *Responder) manifest(ctx context.Context, base string) (*manifest.Manife
 	if err != nil {
 		return nil, err
 	}
-	m, err := manifest.Verify(mb, sigs[0], r.Trusted, base)
+	return VerifyManifest(r.Trusted, base, mb, sigs)
+}
+
+// VerifyManifest runs FORMAT.md steps 1–3 on the bytes of base's manifest
+// and its signatures (the .manifest.sig and .manifest.sigstore.json forms
+// that exist, in that order; at least one): every signature under a trusted
+// key, the manifest's form, and that it names base. Failures are
+// *CheckError. The vault service's index uses it on what it reads from the
+// store; clients still verify for themselves.
+func VerifyManifest(trusted *signing.TrustedKeys, base string, mb []byte, sigs [][]byte) (*manifest.Manifest, error) {
+	if len(sigs) == 0 {
+		return nil, &CheckError{Check: CheckManifestSignature, Object: base, Err: errors.New("the manifest is unsigned")}
+	}
+	m, err := manifest.Verify(mb, sigs[0], trusted, base)
 	if err != nil {
 		return nil, classify(base, err)
 	}
-	if len(sigs) > 1 {
-		if _, err := verifySig(r.Trusted, sha256.Sum256(mb), sigs[1]); err != nil {
+	for _, s := range sigs[1:] {
+		if _, err := verifySig(trusted, sha256.Sum256(mb), s); err != nil {
 			return nil, &CheckError{Check: CheckManifestSignature, Object: base,
-				Err: fmt.Errorf("%s: %w", objs.ManifestBundle, err)}
+				Err: fmt.Errorf("%s: %w", manifest.ObjectsFor(base).ManifestBundle, err)}
 		}
 	}
 	return m, nil

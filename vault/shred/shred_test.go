@@ -165,3 +165,131 @@ func BenchmarkShred1GiB(b *testing.B) {
 		}
 	}
 }
+
+// TestClaimNeverOverwritesAtTheName: Claim only renames; a crash after it
+// leaves the intact archive under its debris name and the archive's name
+// free, so a new archive written there is never touched by Destroy.
+func TestClaimNeverOverwritesAtTheName(t *testing.T) {
+	dir, d, name, snap := setup(t, 1<<20)
+	orig, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	debris := DebrisName([]byte("version-1"))
+	deb, err := Claim(d, name, debris, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deb.Close() // "crash": nothing destroyed yet
+	if _, err := os.Lstat(filepath.Join(dir, name)); !os.IsNotExist(err) {
+		t.Fatalf("archive name still exists after Claim: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, debris)); !bytes.Equal(b, orig) {
+		t.Fatal("Claim changed the content")
+	}
+	fresh := []byte("a new archive the runtime wrote at the same name")
+	if err := os.WriteFile(filepath.Join(dir, name), fresh, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Resume: only the debris is destroyed.
+	deb, err = OpenDebris(d, debris)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer deb.Close()
+	if _, err := deb.Destroy(1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, debris)); !os.IsNotExist(err) {
+		t.Errorf("debris left: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, name)); !bytes.Equal(b, fresh) {
+		t.Error("the new archive at the name was touched")
+	}
+}
+
+func TestDebrisNames(t *testing.T) {
+	a, b := DebrisName([]byte("x\x00version")), DebrisName([]byte("x\x00version"))
+	if a != b || !IsDebris(a) || a == DebrisName([]byte("y")) {
+		t.Errorf("DebrisName not stable or not distinct: %s %s", a, b)
+	}
+	for _, n := range []string{"checkpoint-a.tar", DebrisPrefix, "x/" + DebrisPrefix + "1", ".ckvault-shredder"} {
+		if IsDebris(n) {
+			t.Errorf("IsDebris(%q)", n)
+		}
+	}
+	_, d, name, snap := setup(t, 10)
+	if _, err := Claim(d, name, "not-debris", snap); err == nil {
+		t.Error("Claim accepted a name that is not a debris name")
+	}
+	if _, err := OpenDebris(d, name); err == nil {
+		t.Error("OpenDebris opened an archive name")
+	}
+}
+
+// TestOpenDebrisRefusals: a symlink or a hard-linked file under a debris
+// name is not destroyed.
+func TestOpenDebrisRefusals(t *testing.T) {
+	dir, d, name, _ := setup(t, 4096)
+	link := DebrisPrefix + "link"
+	if err := os.Symlink(name, filepath.Join(dir, link)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenDebris(d, link); err == nil {
+		t.Error("OpenDebris followed a symlink")
+	}
+	hard := DebrisPrefix + "hard"
+	if err := os.Link(filepath.Join(dir, name), filepath.Join(dir, hard)); err != nil {
+		t.Fatal(err)
+	}
+	deb, err := OpenDebris(d, hard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer deb.Close()
+	if _, err := deb.Destroy(1); !errors.Is(err, ErrChanged) {
+		t.Errorf("Destroy of a hard-linked debris: %v, want ErrChanged", err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, name)); err != nil || st.Size() != 4096 {
+		t.Errorf("the other link was damaged: %v", err)
+	}
+}
+
+// TestPutBack: a file Claim moved by mistake goes back to its name, or
+// next to it as another archive name when the name is taken again; it is
+// never left under a debris name.
+func TestPutBack(t *testing.T) {
+	dir, d, name, _ := setup(t, 100)
+	debris := DebrisName([]byte("v"))
+	if err := os.Rename(filepath.Join(dir, name), filepath.Join(dir, debris)); err != nil {
+		t.Fatal(err)
+	}
+	if err := putBack(int(d.Fd()), name, debris); !errors.Is(err, ErrChanged) {
+		t.Fatalf("putBack: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, name)); err != nil {
+		t.Fatalf("not put back: %v", err)
+	}
+	if err := os.Rename(filepath.Join(dir, name), filepath.Join(dir, debris)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), []byte("third"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := putBack(int(d.Fd()), name, debris)
+	if !errors.Is(err, ErrChanged) {
+		t.Fatalf("putBack: %v", err)
+	}
+	ents, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+		if IsDebris(e.Name()) {
+			t.Errorf("left under a debris name: %s", e.Name())
+		}
+	}
+	if len(names) != 2 {
+		t.Errorf("directory holds %v; want the third file and the displaced one", names)
+	}
+	t.Log(err)
+}

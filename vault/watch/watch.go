@@ -16,7 +16,8 @@
 // the rejection is audited.
 //
 // A missing directory (not yet created, or removed) is polled for until
-// it exists; a directory replaced by a new one is watched anew.
+// it exists; a directory replaced by a new one is watched anew; a symlink
+// in its place counts as missing (it is never followed).
 package watch
 
 import (
@@ -79,9 +80,13 @@ func pinOf(name string) (string, bool) {
 	return archive, ok && Eligible(archive)
 }
 
+// Dir is an open directory (an admit.DirRef in the daemon, an *os.File in
+// tools and tests).
+type Dir interface{ Fd() uintptr }
+
 // IsPinned reports whether <name>.keep exists in dir (any kind of entry:
 // an operator's pin is honoured whatever it is; it is never followed).
-func IsPinned(dir *os.File, name string) bool {
+func IsPinned(dir Dir, name string) bool {
 	var st unix.Stat_t
 	return unix.Fstatat(int(dir.Fd()), name+PinSuffix, &st, unix.AT_SYMLINK_NOFOLLOW) == nil
 }
@@ -164,7 +169,9 @@ func (w *watcher) run(ctx context.Context) error {
 func (w *watcher) establish(ctx context.Context) (*fsnotify.Watcher, error) {
 	warned := false
 	for {
-		st, err := os.Stat(w.dir)
+		// Lstat: a symlink put in the directory's place is never
+		// followed (inotify would watch its target).
+		st, err := os.Lstat(w.dir)
 		if err == nil && st.IsDir() {
 			fw, err := fsnotify.NewWatcher()
 			if err != nil {
@@ -172,12 +179,19 @@ func (w *watcher) establish(ctx context.Context) (*fsnotify.Watcher, error) {
 			}
 			if err := fw.Add(w.dir); err == nil {
 				w.dirIno = inode(st)
-				if err := w.scan(ctx); err == nil {
-					return fw, nil
+				// The name may have been swapped between the Lstat
+				// and the watch: look again before trusting it.
+				if again, err := os.Lstat(w.dir); err == nil && again.IsDir() && inode(again) == w.dirIno {
+					if err := w.scan(ctx); err == nil {
+						return fw, nil
+					}
 				}
 			}
 			fw.Close()
 		} else if !warned {
+			if err == nil {
+				err = fmt.Errorf("is a %s, not a directory (symlinks are never followed)", st.Mode().Type())
+			}
 			w.opts.Logger.Warn("checkpoints directory is missing; polling until it exists", "dir", w.dir, "err", err)
 			warned = true
 		}
@@ -315,7 +329,7 @@ func (w *watcher) loop(ctx context.Context, fw *fsnotify.Watcher) (lost bool, er
 // has been replaced by another directory (whose changes the old watch
 // would never see).
 func (w *watcher) rescan(ctx context.Context) (lost bool, err error) {
-	st, err := os.Stat(w.dir)
+	st, err := os.Lstat(w.dir)
 	if err != nil || !st.IsDir() || inode(st) != w.dirIno {
 		return true, nil
 	}

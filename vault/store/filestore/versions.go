@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,24 +19,57 @@ import (
 // Deleting it removes the bytes for good: there are no delete markers.
 
 // ListVersions calls fn for every object under prefix, in lexical key
-// order, as its one (latest) version.
+// order, as its one (latest) version. It walks the directory once (List
+// pages would walk it once per page).
 func (s *Store) ListVersions(ctx context.Context, prefix string, fn func(store.Version) error) error {
-	after := ""
-	for {
-		objs, next, err := s.List(ctx, prefix, after, defaultPageSize)
+	if err := store.ValidPrefix(prefix); err != nil {
+		return err
+	}
+	base := ""
+	if i := strings.LastIndex(prefix, "/"); i >= 0 {
+		base = prefix[:i]
+	}
+	walkRoot := filepath.Join(s.dataDir(), filepath.FromSlash(base))
+	var keys []string
+	err := filepath.WalkDir(walkRoot, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() || strings.HasPrefix(d.Name(), tmpPrefix) {
+			return nil
+		}
+		rel, err := filepath.Rel(s.dataDir(), p)
 		if err != nil {
 			return err
 		}
-		for _, o := range objs {
-			if err := fn(store.Version{Key: o.Key, IsLatest: true, Size: o.Size, LastModified: o.LastModified}); err != nil {
-				return err
-			}
+		if key := filepath.ToSlash(rel); strings.HasPrefix(key, prefix) {
+			keys = append(keys, key)
 		}
-		if next == "" {
-			return nil
-		}
-		after = next
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("file store %s: list versions under %q: %v", s.root, prefix, err)
 	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		st, err := os.Lstat(s.dataPath(k))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // deleted since the walk
+		}
+		if err != nil {
+			return fmt.Errorf("file store %s: list versions under %q: %v", s.root, prefix, err)
+		}
+		if err := fn(store.Version{Key: k, IsLatest: true, Size: st.Size(), LastModified: st.ModTime()}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // VersionLock reports the retention and legal hold of key's version.

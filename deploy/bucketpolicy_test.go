@@ -1,0 +1,164 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minio/madmin-go/v3"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/checkpoint-vault/ckvault/internal/testservers"
+	"github.com/checkpoint-vault/ckvault/vault/store"
+	"github.com/checkpoint-vault/ckvault/vault/store/s3store"
+	"github.com/checkpoint-vault/ckvault/vault/store/storetest"
+)
+
+func TestMain(m *testing.M) { os.Exit(testservers.Main(m)) }
+
+// TestBucketPolicies applies deploy/bucket-policies to MinIO through its
+// admin API, creates one identity per role, and exercises each through the
+// product's own s3store: a node writes and reads back only its own objects
+// and cannot delete; the service reads everything and writes only its own
+// audit segments; GC deletes versions only once retention has ended — it
+// cannot bypass governance without the extra policy, and nobody, with or
+// without it, bypasses compliance; GC never touches audit segments.
+func TestBucketPolicies(t *testing.T) {
+	srv := testservers.Shared(t, testservers.MinIO)
+	ctx := context.Background()
+	prefix := strings.TrimSuffix(storetest.RandomPrefix(), "/")
+	adm, err := madmin.New(srv.Host, srv.AccessKey, srv.SecretKey, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adm.SetCustomTransport(srv.HTTPClient().Transport)
+
+	policies := map[string]string{}
+	for _, name := range []string{"node", "service", "gc", "gc-bypass-governance"} {
+		b, err := os.ReadFile(filepath.Join("bucket-policies", name+".json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc := strings.ReplaceAll(string(b), "arn:aws:s3:::BUCKET", "arn:aws:s3:::"+srv.Bucket)
+		doc = strings.ReplaceAll(doc, "PREFIX/", prefix+"/")
+		pname := "ckvault-" + name + "-" + prefix
+		if err := adm.AddCannedPolicy(ctx, pname, []byte(doc)); err != nil {
+			t.Fatalf("MinIO refuses bucket-policies/%s.json: %v", name, err)
+		}
+		policies[name] = pname
+	}
+	user := func(name string, pols ...string) *s3store.Store {
+		secret := "secret-" + prefix + "-" + name
+		if err := adm.AddUser(ctx, name, secret); err != nil {
+			t.Fatalf("add user %s: %v", name, err)
+		}
+		var ps []string
+		for _, p := range pols {
+			ps = append(ps, policies[p])
+		}
+		if _, err := adm.AttachPolicy(ctx, madmin.PolicyAssociationReq{Policies: ps, User: name}); err != nil {
+			t.Fatalf("attach %v to %s: %v", ps, name, err)
+		}
+		s, err := s3store.New(s3store.Config{URL: srv.StoreURL(srv.Bucket, prefix), CAFile: srv.CAFile, PathStyle: "path",
+			Credentials: credentials.NewStaticV4(name, secret, ""), BaseDelay: 10e6, Attempts: 1, RequireObjectLock: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	nodeA := user("node-a", "node")
+	service := user("ckvault-service", "service")
+	gcUser := user("ckvault-gc", "gc")
+	gcBypass := user("ckvault-gc-bypass", "gc", "gc-bypass-governance")
+
+	put := func(s store.Store, key string, ret store.Retention) error {
+		data := []byte("bytes of " + key)
+		_, err := s.Put(ctx, key, bytes.NewReader(data), int64(len(data)), store.PutOptions{Retention: ret})
+		return err
+	}
+	denied := func(what string, err error) {
+		t.Helper()
+		if err == nil {
+			t.Errorf("%s: allowed, want access denied", what)
+		} else if !errors.Is(err, store.ErrPermanent) && !errors.Is(err, store.ErrLocked) {
+			t.Errorf("%s: %v, want access denied", what, err)
+		}
+	}
+	allowed := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
+
+	// Nodes: their own objects only, never a delete.
+	until := time.Now().Add(6 * time.Second).Truncate(time.Second).Add(time.Second)
+	own := "payments/api-0/api/20261130T120000Z-node-a-0123456789ab"
+	compliance := own + ".tar.age"
+	governance := "payments/api-0/api/20261130T120001Z-node-a-0123456789ac.tar.age"
+	allowed("node puts its checkpoint under compliance retention", put(nodeA, compliance, store.Retention{Mode: "compliance", Until: until}))
+	allowed("node puts its checkpoint under governance retention", put(nodeA, governance, store.Retention{Mode: "governance", Until: until}))
+	allowed("node puts a manifest", put(nodeA, own+".manifest.json", store.Retention{}))
+	_, err = nodeA.Stat(ctx, compliance)
+	allowed("node reads back its object", err)
+	allowed("node checks the bucket", nodeA.Check(ctx))
+	allowed("node exports its audit segment", put(nodeA, "audit/node-a/00000000000000000001-00000000000000000002.jsonl", store.Retention{}))
+	denied("node puts another node's checkpoint", put(nodeA, "payments/api-0/api/20261130T120000Z-node-b-0123456789ab.tar.age", store.Retention{}))
+	denied("node puts another node's audit segment", put(nodeA, "audit/node-b/00000000000000000001-00000000000000000002.jsonl", store.Retention{}))
+	denied("node puts outside the layout", put(nodeA, "elsewhere", store.Retention{}))
+	denied("node deletes (delete marker) its own manifest", nodeA.Delete(ctx, own+".manifest.json", ""))
+	vManifest := latestVersion(t, gcUser, own+".manifest.json")
+	denied("node deletes a version of its own manifest", nodeA.DeleteVersion(ctx, own+".manifest.json", vManifest, store.DeleteOptions{}))
+
+	// The service: reads all, writes only its own audit segments.
+	if _, _, err := service.List(ctx, "", "", 0); err != nil {
+		t.Errorf("service lists: %v", err)
+	}
+	o, err := service.Open(ctx, compliance)
+	allowed("service reads a node's ciphertext", err)
+	if o != nil {
+		o.Close()
+	}
+	allowed("service exports its audit segment", put(service, "audit/ckvault-service/00000000000000000001-00000000000000000002.jsonl", store.Retention{}))
+	denied("service puts a checkpoint", put(service, "payments/api-0/api/20261130T120000Z-ckvault-service-0123456789ab.tar.age", store.Retention{}))
+	denied("service puts a node's audit segment", put(service, "audit/node-a/00000000000000000003-00000000000000000004.jsonl", store.Retention{}))
+	denied("service deletes", service.DeleteVersion(ctx, own+".manifest.json", vManifest, store.DeleteOptions{}))
+
+	// GC: versions go only once retention has ended.
+	vc, vg := latestVersion(t, gcUser, compliance), latestVersion(t, gcUser, governance)
+	if l, err := gcUser.VersionLock(ctx, compliance, vc); err != nil || l.Mode != "compliance" {
+		t.Errorf("gc reads the lock: %+v, %v", l, err)
+	}
+	denied("gc deletes a compliance-locked version", gcUser.DeleteVersion(ctx, compliance, vc, store.DeleteOptions{}))
+	denied("gc bypasses compliance", gcUser.DeleteVersion(ctx, compliance, vc, store.DeleteOptions{BypassGovernance: true}))
+	denied("gc bypasses governance without the bypass policy", gcUser.DeleteVersion(ctx, governance, vg, store.DeleteOptions{BypassGovernance: true}))
+	denied("gc with the bypass policy bypasses compliance", gcBypass.DeleteVersion(ctx, compliance, vc, store.DeleteOptions{BypassGovernance: true}))
+	allowed("gc with the bypass policy bypasses governance", gcBypass.DeleteVersion(ctx, governance, vg, store.DeleteOptions{BypassGovernance: true}))
+	allowed("gc writes an intent", put(gcUser, "gc/intents/payments/api-0/api/x.intent", store.Retention{}))
+	denied("gc writes a checkpoint", put(gcUser, "payments/api-0/api/20261130T120000Z-ckvault-gc-0123456789ab.tar.age", store.Retention{}))
+	seg := "audit/node-a/00000000000000000001-00000000000000000002.jsonl"
+	denied("gc deletes an audit segment", gcUser.DeleteVersion(ctx, seg, latestVersion(t, gcUser, seg), store.DeleteOptions{}))
+	allowed("gc deletes an unlocked version", gcUser.DeleteVersion(ctx, own+".manifest.json", vManifest, store.DeleteOptions{}))
+	time.Sleep(time.Until(until) + 1500*time.Millisecond)
+	allowed("gc deletes a version whose compliance retention ended", gcUser.DeleteVersion(ctx, compliance, vc, store.DeleteOptions{}))
+}
+
+func latestVersion(t *testing.T, s *s3store.Store, key string) string {
+	t.Helper()
+	id := ""
+	err := s.ListVersions(context.Background(), key, func(v store.Version) error {
+		if v.Key == key && v.IsLatest {
+			id = v.VersionID
+		}
+		return nil
+	})
+	if err != nil || id == "" {
+		t.Fatalf("latest version of %s: %q, %v", key, id, err)
+	}
+	return id
+}
