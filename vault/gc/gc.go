@@ -350,6 +350,9 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 			continue
 		}
 		in, err := readIntent(ctx, st, iv.Key)
+		if errors.Is(err, errTransient) {
+			return nil, err
+		}
 		if err != nil {
 			plan.Unverified = append(plan.Unverified, Problem{Base: iv.Key, Err: err.Error()})
 			continue

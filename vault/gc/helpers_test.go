@@ -174,8 +174,16 @@ func putCheckpoint(t testing.TB, st store.Store, signer *signing.Signer, s spec)
 		Checkpoint:     manifest.Checkpoint{Engine: "cri-o", Runtime: "runc", ContainerID: fmt.Sprintf("c%06d", s.seq)},
 		ToolVersion:    "gc-test",
 	}
+	// Both formats readers accept: v2 (random short id, what the daemon
+	// writes now) for even seq, v1 (derived short id) for odd.
 	var err error
-	if m.Object, err = manifest.BaseKey(m.KeyInput()); err != nil {
+	if s.seq%2 == 0 {
+		m.Format = manifest.FormatV2
+		m.Object, err = manifest.NewKey(m.KeyInput())
+	} else {
+		m.Object, err = manifest.BaseKey(m.KeyInput())
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	signed, err := manifest.Sign(ctx, m, signer)
