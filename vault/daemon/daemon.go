@@ -353,18 +353,18 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		cancel()
 	}
 
+	if err := os.MkdirAll(d.cfg.CheckpointsDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		d.log.Warn("checkpoints directory cannot be created; waiting for it", "dir", d.cfg.CheckpointsDir, "err", err)
+	}
+	// Before the listeners start: their probes use d.dir.
+	d.dir, err = admit.OpenDir(d.cfg.CheckpointsDir, d.dirRule())
+	if err != nil {
+		return fmt.Errorf("opening checkpoints directory: %w", err)
+	}
 	srvCtx, stopServers := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopServers()
 	if err := d.serve(srvCtx); err != nil {
 		return err
-	}
-
-	if err := os.MkdirAll(d.cfg.CheckpointsDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		d.log.Warn("checkpoints directory cannot be created; waiting for it", "dir", d.cfg.CheckpointsDir, "err", err)
-	}
-	d.dir, err = admit.OpenDir(d.cfg.CheckpointsDir, d.dirRule())
-	if err != nil {
-		return fmt.Errorf("opening checkpoints directory: %w", err)
 	}
 	dir, err := d.acquireDir(ctx)
 	if err != nil {
@@ -711,7 +711,16 @@ func (d *Daemon) exportAudit(ctx context.Context) {
 func (d *Daemon) serve(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		// Only what a restart cures fails liveness: a checkpoints
+		// directory removed behind its bind mount is never seen again
+		// from inside this process (see admit.ErrDirRemoved).
+		if err := d.dir.Check(); errors.Is(err, admit.ErrDirRemoved) {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := d.storeError(); err != nil {
 			http.Error(w, "store unreachable: "+err.Error(), http.StatusServiceUnavailable)
@@ -719,10 +728,6 @@ func (d *Daemon) serve(ctx context.Context) error {
 		}
 		if err := d.state.Writable(); err != nil {
 			http.Error(w, "state database not writable: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		if d.dir == nil {
-			http.Error(w, "checkpoints directory not open yet", http.StatusServiceUnavailable)
 			return
 		}
 		dir, err := d.acquireDir(r.Context())
