@@ -126,6 +126,10 @@ func (d *Daemon) finish(ctx context.Context, p *Progress) (result, error) {
 // ("+overwrite", "+truncate") as a crash inside Destroy would leave it.
 const ptShredClaimed = "shredding/claimed"
 
+// ptDebrisDestroyed: settleShred destroyed (and unlinked) the debris of an
+// interrupted shred; its "shredded" result and stage are not yet recorded.
+const ptDebrisDestroyed = "shredding/debris-destroyed"
+
 // debrisOf is the debris name of p's version: stable across restarts, so
 // an interrupted shred finds its debris again.
 func debrisOf(p *Progress) string {
@@ -215,6 +219,9 @@ func (d *Daemon) settleShred(ctx context.Context, dir *admit.DirRef, p *Progress
 		err := d.audit.Do(ctx, rec, func(context.Context) error {
 			var err error
 			res, err = deb.Destroy(d.cfg.Daemon.ShredPasses)
+			if err == nil {
+				reached(ptDebrisDestroyed, p)
+			}
 			return err
 		})
 		if err != nil {
