@@ -261,6 +261,7 @@ func New(cfg Config) (*Store, error) {
 		t.DisableCompression = true
 		tr = t
 	}
+	tr = createOnlyTransport{tr}
 	creds, err := credentialsFor(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %v: %w", s.Describe(), err, store.ErrPermanent)
@@ -538,6 +539,9 @@ func (s *Store) putOnce(ctx context.Context, key string, r io.Reader, size int64
 		popts.SetMatchETagExcept("*")
 	}
 	fk := s.fullKey(key)
+	if opts.IfAbsent {
+		ctx = context.WithValue(ctx, createOnlyKey{}, true)
+	}
 	info, err := s.c.PutObject(ctx, s.bucket, fk, hr, size, popts)
 	if err != nil {
 		return store.ObjectInfo{}, s.wrap("put", key, err)
@@ -586,6 +590,29 @@ func (s *Store) putOnce(ctx context.Context, key string, r io.Reader, size int64
 	oi := s.info(key, st)
 	oi.Checksum = store.Checksum{Algorithm: store.ChecksumCRC64NVME, Value: local}
 	return oi, nil
+}
+
+// createOnlyKey marks the context of a create-only Put for
+// createOnlyTransport.
+type createOnlyKey struct{}
+
+// createOnlyTransport adds If-None-Match: * to the CompleteMultipartUpload
+// request (POST ?uploadId=) of a create-only Put. minio-go v7.4.1 sends the
+// caller's conditional headers with the initiating request only and drops
+// them on completion (completeUploadOpts), yet completion is where S3 and
+// versitygw evaluate If-None-Match for a multipart upload (MinIO checks it
+// at both): without this an object created by someone else while the parts
+// upload would be replaced. The header is sent unsigned, which SigV4
+// allows: only the headers SignedHeaders names are signed.
+type createOnlyTransport struct{ http.RoundTripper }
+
+func (t createOnlyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPost && r.URL.Query().Has("uploadId") && r.Header.Get("If-None-Match") == "" &&
+		r.Context().Value(createOnlyKey{}) != nil {
+		r = r.Clone(r.Context())
+		r.Header.Set("If-None-Match", "*")
+	}
+	return t.RoundTripper.RoundTrip(r)
 }
 
 // discard removes a version that must not count as stored, and says what
