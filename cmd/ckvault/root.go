@@ -44,6 +44,8 @@ Start with:  ckvault dev --demo`,
 		newUnpinCommand(),
 		newRestoreCommand(),
 		newCheckpointCommand(),
+		newServeCommand(),
 	)
+	addClientFlags(root)
 	return root
 }
