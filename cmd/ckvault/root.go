@@ -32,7 +32,7 @@ Start with:  ckvault dev --demo`,
 	root.AddCommand(
 		// Each command lives in its own file as newXxxCommand().
 		newKeygenCommand(),
-		newDaemonCommand(),
+		newDaemonCommand(), // Linux only: see node_other.go
 		newDevCommand(),
 		newAuditCommand(),
 		newListCommand(),
