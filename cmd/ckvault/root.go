@@ -43,6 +43,8 @@ Start with:  ckvault dev --demo`,
 		newPinCommand(),
 		newUnpinCommand(),
 		newRestoreCommand(),
+		newServeCommand(),
 	)
+	addClientFlags(root)
 	return root
 }
