@@ -329,7 +329,7 @@ type StoreTrail struct {
 // the report, not errors; an error means the store could not be read.
 //
 // It holds the whole trail in memory.
-func ReadStore(ctx context.Context, st store.Store, v HeadVerifier) (*StoreTrail, error) {
+func ReadStore(ctx context.Context, st store.Reader, v HeadVerifier) (*StoreTrail, error) {
 	if v == nil {
 		return nil, ErrNoVerifier
 	}
@@ -416,7 +416,7 @@ func ReadStore(ctx context.Context, st store.Store, v HeadVerifier) (*StoreTrail
 	return t, nil
 }
 
-func readSegment(ctx context.Context, st store.Store, key string) (*Segment, error) {
+func readSegment(ctx context.Context, st store.Reader, key string) (*Segment, error) {
 	obj, err := st.Open(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("opening segment %s in %s: %w", key, st.Describe(), err)

@@ -37,6 +37,9 @@ type Config struct {
 
 	// Retention is applied by `ckvault gc` (retention.go).
 	Retention *RetentionConfig `yaml:"retention"`
+
+	// Serve configures `ckvault serve` (the vault service); nil elsewhere.
+	Serve *ServeConfig `yaml:"serve"`
 }
 
 // StoreConfig locates the object store.

@@ -120,6 +120,9 @@ func Parse(data []byte, name, baseDir string) (*Config, error) {
 		return nil, &Error{File: name, Line: line, Msg: "a second YAML document follows the first (a stray \"---\"?); keep the whole configuration in one document"}
 	}
 
+	if cfg.Serve != nil {
+		cfg.Serve.applyDefaults()
+	}
 	v := validator{file: name, root: &root}
 	if lineOf(&root, "node") == 0 {
 		cfg.Node, v.nodeFrom = defaultNode()

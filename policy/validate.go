@@ -77,6 +77,9 @@ func (c *Config) resolvePaths(baseDir string) {
 		abs(&c.Identities[i])
 	}
 	abs(&c.PluginDir)
+	if c.Serve != nil {
+		c.Serve.resolvePaths(abs)
+	}
 	// store.url is not resolved: in file://x/y, x is a host, and a URL
 	// that silently meant something else would be worse than an error.
 }
@@ -132,6 +135,9 @@ func (c *Config) validate(v *validator) {
 	c.Daemon.validate(v)
 	c.Audit.validate(v)
 	c.Retention.validate(v)
+	if c.Serve != nil {
+		c.Serve.validate(v)
+	}
 }
 
 // validateNode refuses a node name the object layout cannot hold. The name

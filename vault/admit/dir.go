@@ -51,6 +51,13 @@ type DirRule struct {
 // while the directory cannot be used.
 var ErrDirUnavailable = errors.New("checkpoints directory unavailable")
 
+// ErrDirRemoved is wrapped (with ErrDirUnavailable) when the path still
+// names a directory that was removed: a bind mount of it (a Kubernetes
+// hostPath volume) keeps showing the removed directory after the host
+// recreated it. No reopening can reach the new one from inside; only a
+// restart of the daemon's container, which mounts the path anew, can.
+var ErrDirRemoved = errors.New("checkpoints directory removed behind its mount")
+
 // DirError says what is wrong with the directory and how to fix it.
 type DirError struct {
 	Path    string
@@ -71,6 +78,10 @@ func (e *DirError) Error() string {
 }
 
 func (e *DirError) Unwrap() []error { return []error{ErrDirUnavailable, e.Err} }
+
+type removedError struct{ *DirError }
+
+func (e removedError) Unwrap() []error { return []error{ErrDirUnavailable, ErrDirRemoved} }
 
 // OpenDir opens and verifies the directory at path. It fails, saying why,
 // if the directory cannot be used.
@@ -105,6 +116,10 @@ func (d *Dir) Acquire() (*DirRef, error) {
 	}
 	if err := d.rule.check(d.path, &lst); err != nil {
 		return nil, d.refuse(err)
+	}
+	if lst.Nlink == 0 {
+		return nil, d.refuse(removedError{&DirError{Path: d.path, Problem: "was removed, and the path still shows the removed directory (it is a bind mount, e.g. a hostPath volume, of the old one)",
+			Fix: "restart the daemon (delete its pod) so that it mounts the new directory"}})
 	}
 	if d.cur != nil && d.cur.dev == lst.Dev && d.cur.ino == lst.Ino {
 		d.cur.refs.Add(1)

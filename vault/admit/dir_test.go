@@ -141,3 +141,43 @@ func TestDirRefusals(t *testing.T) {
 		t.Errorf("swapped for a symlink: %v", err)
 	}
 }
+
+// bindMount mounts src on dst for the test (root only; skips otherwise).
+func bindMount(t *testing.T, src, dst string) {
+	t.Helper()
+	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+		t.Skipf("bind mount needs CAP_SYS_ADMIN: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dst, unix.MNT_DETACH) })
+}
+
+// TestDirRemovedBehindBindMount: a hostPath volume is a bind mount; when
+// the host removes and recreates the directory, the path inside still
+// shows the removed one. That is refused with ErrDirRemoved (a restart is
+// the cure), not used as if it were still the directory the kubelet
+// writes to.
+func TestDirRemovedBehindBindMount(t *testing.T) {
+	base := t.TempDir()
+	host, inside := filepath.Join(base, "host"), filepath.Join(base, "inside")
+	for _, p := range []string{host, inside} {
+		if err := os.Mkdir(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bindMount(t, host, inside)
+	d, err := OpenDir(inside, me)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := os.Remove(host); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(host, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	err = d.Check()
+	if !errors.Is(err, ErrDirRemoved) || !errors.Is(err, ErrDirUnavailable) || !strings.Contains(err.Error(), "restart") {
+		t.Fatalf("Check: %v; want ErrDirRemoved naming a restart", err)
+	}
+}

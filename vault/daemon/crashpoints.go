@@ -39,7 +39,9 @@ type crashPoint struct {
 }
 
 // crashPoints is every crash point, in pipeline order; ptAbandoned follows
-// ptSealing because a restart after a crash there abandons the attempt.
+// ptSealing because a restart after a crash there abandons the attempt,
+// and ptDebrisDestroyed follows ptShredClaimed because the restart after a
+// crash there destroys the debris it left.
 var crashPoints = func() []crashPoint {
 	pts := []crashPoint{{name: ptSealing}, {name: ptAbandoned}, {name: ptSealingAdmitted}, {name: ptCiphertextStored},
 		{name: ptSealingSealed}, {name: ptSealed}, {name: ptSigned}}
@@ -50,7 +52,7 @@ var crashPoints = func() []crashPoint {
 	}
 	pts = append(pts, []crashPoint{{name: ptUploaded}, {name: ptUploadedAudited}, {name: ptProvenAudited},
 		{name: ptProven}, {name: "proven/pinned-audited", pinned: true}, {name: "pinned", pinned: true},
-		{name: "shredding"}, {name: "shredding/intent-audited"}, {name: ptShredClaimed}, {name: "shredding/destroyed"},
+		{name: "shredding"}, {name: "shredding/intent-audited"}, {name: ptShredClaimed}, {name: ptDebrisDestroyed}, {name: "shredding/destroyed"},
 		{name: "shredding/done-audited"}, {name: "shredded"}}...)
 	return pts
 }()

@@ -311,7 +311,10 @@ func (d *Daemon) record(ctx context.Context, r audit.Record) error {
 	if r.Actor == "" {
 		r.Actor = "daemon"
 	}
-	_, err := d.audit.Append(ctx, r)
+	err := testFaultRecord(r)
+	if err == nil {
+		_, err = d.audit.Append(ctx, r)
+	}
 	if err != nil {
 		d.log.Error("audit record not durable", "action", r.Action, "subject", r.Subject, "err", err)
 	}
@@ -350,18 +353,18 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		cancel()
 	}
 
+	if err := os.MkdirAll(d.cfg.CheckpointsDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		d.log.Warn("checkpoints directory cannot be created; waiting for it", "dir", d.cfg.CheckpointsDir, "err", err)
+	}
+	// Before the listeners start: their probes use d.dir.
+	d.dir, err = admit.OpenDir(d.cfg.CheckpointsDir, d.dirRule())
+	if err != nil {
+		return fmt.Errorf("opening checkpoints directory: %w", err)
+	}
 	srvCtx, stopServers := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopServers()
 	if err := d.serve(srvCtx); err != nil {
 		return err
-	}
-
-	if err := os.MkdirAll(d.cfg.CheckpointsDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		d.log.Warn("checkpoints directory cannot be created; waiting for it", "dir", d.cfg.CheckpointsDir, "err", err)
-	}
-	d.dir, err = admit.OpenDir(d.cfg.CheckpointsDir, d.dirRule())
-	if err != nil {
-		return fmt.Errorf("opening checkpoints directory: %w", err)
 	}
 	dir, err := d.acquireDir(ctx)
 	if err != nil {
@@ -371,6 +374,12 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	dir.Release()
 	if err != nil {
 		return fmt.Errorf("finishing interrupted shreds: %w", err)
+	}
+	// Every name with an unfinished version is looked at, whether or not
+	// the watcher finds a file there: a version whose file was removed
+	// while the daemon was down is finished from its record (settleName).
+	if err := d.queueUnfinished(); err != nil {
+		return err
 	}
 	events := make(chan watch.Event, 256)
 	watchCtx, stopWatch := context.WithCancel(ctx)
@@ -384,6 +393,23 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		"workers", d.cfg.Daemon.Workers, "listen", d.metricsAddr)
 	close(d.ready)
 	return d.loop(ctx, events, watchErr)
+}
+
+// queueUnfinished queues the name of every version not in a terminal stage.
+func (d *Daemon) queueUnfinished() error {
+	all, err := d.state.All()
+	if err != nil {
+		return fmt.Errorf("reading the state database: %w", err)
+	}
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range all {
+		if !p.Stage.Terminal() {
+			d.queue.event(p.Name, now)
+		}
+	}
+	return nil
 }
 
 // loop is the scheduler: it owns the backlog and hands due names to a
@@ -453,6 +479,7 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event, watchErr <
 		}
 	}
 
+	dispatch() // names queued before the loop (queueUnfinished)
 	for {
 		select {
 		case ev := <-events:
@@ -684,7 +711,16 @@ func (d *Daemon) exportAudit(ctx context.Context) {
 func (d *Daemon) serve(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		// Only what a restart cures fails liveness: a checkpoints
+		// directory removed behind its bind mount is never seen again
+		// from inside this process (see admit.ErrDirRemoved).
+		if err := d.dir.Check(); errors.Is(err, admit.ErrDirRemoved) {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := d.storeError(); err != nil {
 			http.Error(w, "store unreachable: "+err.Error(), http.StatusServiceUnavailable)
@@ -692,10 +728,6 @@ func (d *Daemon) serve(ctx context.Context) error {
 		}
 		if err := d.state.Writable(); err != nil {
 			http.Error(w, "state database not writable: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		if d.dir == nil {
-			http.Error(w, "checkpoints directory not open yet", http.StatusServiceUnavailable)
 			return
 		}
 		dir, err := d.acquireDir(r.Context())

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 )
 
@@ -130,5 +132,40 @@ func TestCheckpointsDirUnsafeMode(t *testing.T) {
 	err = d.Run(ctx)
 	if err == nil || !strings.Contains(err.Error(), "chmod go-w") {
 		t.Fatalf("Run: %v; want a refusal naming chmod go-w", err)
+	}
+}
+
+// TestCheckpointsDirRemovedBehindMount: the checkpoints directory is a
+// bind mount (as a hostPath volume is) and the host removes and recreates
+// it. From inside, the path keeps showing the removed directory: the
+// daemon must say so on /readyz and fail /healthz, so that the kubelet
+// restarts it onto the new directory, instead of waiting on a dead one.
+func TestCheckpointsDirRemovedBehindMount(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	host := filepath.Join(e.dir, "host-checkpoints")
+	must(t, os.Mkdir(host, 0o700))
+	if err := unix.Mount(host, e.ckDir, "", unix.MS_BIND, ""); err != nil {
+		t.Skipf("bind mount needs CAP_SYS_ADMIN: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(e.ckDir, unix.MNT_DETACH) })
+	r := startDaemon(t, e, Options{})
+	waitReady(t, r, http.StatusOK)
+	healthz := func() int {
+		resp, err := http.Get("http://" + r.d.MetricsAddr() + "/healthz")
+		must(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if c := healthz(); c != http.StatusOK {
+		t.Fatalf("/healthz %d before", c)
+	}
+	must(t, os.Remove(host))
+	must(t, os.Mkdir(host, 0o700))
+	body := waitReady(t, r, http.StatusServiceUnavailable)
+	if !strings.Contains(body, "restart") {
+		t.Errorf("/readyz does not name the fix: %s", body)
+	}
+	if c := healthz(); c != http.StatusServiceUnavailable {
+		t.Errorf("/healthz %d; want 503 so that the pod is restarted", c)
 	}
 }

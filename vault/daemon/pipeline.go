@@ -64,6 +64,12 @@ func (d *Daemon) process(ctx context.Context, it *item) (result, error) {
 		}
 		return resBackoff, fail("stat", "stat %s: %w", it.name, err)
 	}
+	// Versions of this name that it no longer holds first: one left
+	// between stages (the file was removed or rewritten in place while
+	// it was being vaulted) is finished from its record.
+	if err := d.settleName(ctx, it.dir, it.name, &snap); err != nil {
+		return resBackoff, err
+	}
 	p, err := d.state.Get(it.name, snap)
 	if err != nil {
 		return resBackoff, &failure{"state-db", err}
@@ -84,23 +90,21 @@ func (d *Daemon) process(ctx context.Context, it *item) (result, error) {
 			// crash: prove again with Stat rather than read the archive a
 			// second time.
 			res, err := d.run(ctx, j, d.proveStage, d.finishStage)
-			if !errors.Is(err, store.ErrNotExist) {
+			if !spoiled(err) {
 				return res, err
 			}
-			d.abandon(ctx, p, "an object of the uploaded attempt is missing: "+err.Error())
+			if aerr := d.abandon(ctx, p, "an object of the uploaded attempt is missing or not what was stored: "+err.Error()); aerr != nil {
+				return resBackoff, aerr
+			}
 		case StageSealing:
 			// Interrupted while its ciphertext was (perhaps) being
 			// stored: the key may hold a partial or complete, possibly
 			// WORM-locked ciphertext that no manifest names. Never reuse
 			// it: withdraw what can be withdrawn, record the rest, and
 			// start again under a new key.
-			d.abandon(ctx, p, "attempt interrupted before its ciphertext was sealed")
-		}
-		p = nil
-	}
-	if p == nil {
-		if err := d.settleName(ctx, it.dir, it.name, &snap); err != nil {
-			return resBackoff, err
+			if aerr := d.abandon(ctx, p, "attempt interrupted before its ciphertext was sealed"); aerr != nil {
+				return resBackoff, aerr
+			}
 		}
 	}
 	return d.vault(ctx, it, snap)
@@ -154,6 +158,13 @@ func (d *Daemon) noteFailure(ctx context.Context, it *item, p *Progress, reason 
 		rec.Detail["object"] = p.Object
 	}
 	d.record(ctx, rec)
+}
+
+// spoiled reports whether a failed proof shows the attempt's objects gone
+// or replaced (rather than the store being unreachable): retrying the proof
+// cannot help, the attempt must be abandoned.
+func spoiled(err error) bool {
+	return errors.Is(err, store.ErrNotExist) || errors.Is(err, store.ErrIncomplete)
 }
 
 func manifestEngine(e string) bool {

@@ -125,30 +125,76 @@ func (d *Daemon) finish(ctx context.Context, p *Progress) (result, error) {
 // ("+overwrite", "+truncate") as a crash inside Destroy would leave it.
 const ptShredClaimed = "shredding/claimed"
 
+// ptDebrisDestroyed: settleShred destroyed (and unlinked) the debris of an
+// interrupted shred; its "shredded" result and stage are not yet recorded.
+const ptDebrisDestroyed = "shredding/debris-destroyed"
+
 // debrisOf is the debris name of p's version: stable across restarts, so
 // an interrupted shred finds its debris again.
 func debrisOf(p *Progress) string {
 	return shred.DebrisName(versionKey(p.Name, p.Snapshot()))
 }
 
-// settleName settles the versions of name left in the shredding stage
-// that the name no longer holds (cur is what it holds now, nil if
-// nothing): see settleShred. process calls it when a name vanished or
-// holds a version the state database does not know.
+// settleName settles every unfinished version of name that the name no
+// longer holds (cur is what it holds now, nil if nothing): the file was
+// removed, or rewritten in place, while the version was between stages.
+// Nothing the watcher sees will bring such a version back, so it is
+// finished here, as far as it can be without its file:
+//
+//   - sealing: its ciphertext may be partly stored and the plaintext is
+//     gone: the attempt is abandoned (withdrawn, or its orphans recorded);
+//   - sealed, uploaded: everything publication needs is recorded, so it is
+//     published and proven from the record;
+//   - proven, pinned, shredding: nothing is left to destroy under its name;
+//     settleShred destroys its debris if it had been claimed, and closes it.
+//
+// process calls it on every attempt, before the version at the name.
 func (d *Daemon) settleName(ctx context.Context, dir *admit.DirRef, name string, cur *admit.Snapshot) error {
-	ps, err := d.state.shreddingOf(name)
+	ps, err := d.state.unfinishedOf(name)
 	if err != nil {
 		return &failure{"state-db", err}
 	}
 	for _, p := range ps {
 		if cur != nil && cur.Same(p.Snapshot()) {
-			continue // still at its name: finish resumes it
+			continue // still at its name: process resumes it
 		}
-		if err := d.settleShred(ctx, dir, p); err != nil {
+		if err := d.settleStale(ctx, dir, p); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// settleStale finishes one version its name no longer holds (see
+// settleName).
+func (d *Daemon) settleStale(ctx context.Context, dir *admit.DirRef, p *Progress) error {
+	switch p.Stage {
+	case StageSealing:
+		return d.abandon(ctx, p, "the file left its name (removed, or rewritten in place) before its ciphertext was sealed: this version cannot be vaulted")
+	case StageSealed, StageUploaded:
+		stages := []stage{d.publishStage, d.proveStage}
+		if p.Stage == StageUploaded {
+			stages = stages[1:]
+		}
+		res, err := d.run(ctx, &job{p: p}, stages...)
+		if p.Stage == StageUploaded && spoiled(err) {
+			if aerr := d.abandon(ctx, p, "an object of the uploaded attempt is missing or not what was stored: "+err.Error()); aerr != nil {
+				return aerr
+			}
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		if res != resDone {
+			return fail("publish", "publishing %s from its record did not finish", p.Object)
+		}
+		d.log.Info("published a sealed version whose file left its name", "file", p.Name, "object", p.Object)
+	}
+	// Proven (now, or before): close the version. No claim of it was
+	// ever made unless it is in the shredding stage; settleShred destroys
+	// its debris if there is any and records the version's end.
+	return d.settleShred(ctx, dir, p)
 }
 
 // settleShred finishes a version whose shred was interrupted (by a crash,
@@ -172,6 +218,9 @@ func (d *Daemon) settleShred(ctx context.Context, dir *admit.DirRef, p *Progress
 		err := d.audit.Do(ctx, rec, func(context.Context) error {
 			var err error
 			res, err = deb.Destroy(d.cfg.Daemon.ShredPasses)
+			if err == nil {
+				reached(ptDebrisDestroyed, p)
+			}
 			return err
 		})
 		if err != nil {
@@ -188,7 +237,7 @@ func (d *Daemon) settleShred(ctx context.Context, dir *admit.DirRef, p *Progress
 			rec.Detail["recovered"] = "the archive was rewritten in place before its shred began; the proven version is in the store and the new content is a new archive"
 			p.Reason = "superseded: rewritten in place before it was claimed"
 		} else {
-			rec.Detail["recovered"] = "no debris and no archive left: the interrupted shred had unlinked it (or someone removed it)"
+			rec.Detail["recovered"] = "no debris and no archive left: an interrupted shred had unlinked it, or it was removed after it was proven"
 			p.Reason = "completed after an interruption: already unlinked"
 		}
 		rec.Detail["phase"] = "done"
@@ -207,8 +256,9 @@ func (d *Daemon) settleShred(ctx context.Context, dir *admit.DirRef, p *Progress
 	return nil
 }
 
-// shreddingOf returns the versions of name in the shredding stage.
-func (s *stateDB) shreddingOf(name string) ([]*Progress, error) {
+// unfinishedOf returns the versions of name that are not in a terminal
+// stage.
+func (s *stateDB) unfinishedOf(name string) ([]*Progress, error) {
 	var out []*Progress
 	prefix := append([]byte(name), 0)
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -218,7 +268,7 @@ func (s *stateDB) shreddingOf(name string) ([]*Progress, error) {
 			if err := json.Unmarshal(v, &p); err != nil {
 				return err
 			}
-			if p.Stage == StageShredding {
+			if !p.Stage.Terminal() {
 				out = append(out, &p)
 			}
 		}

@@ -220,7 +220,9 @@ func (d *Daemon) sealStage(ctx context.Context, j *job) (result, error) {
 	if err := j.lease.Recheck(); err != nil {
 		// The file changed while it was read: this attempt's ciphertext
 		// is not of any one version. Withdraw it now; a poll starts over.
-		d.abandon(ctx, p, "file changed while it was sealed: "+err.Error())
+		if aerr := d.abandon(ctx, p, "file changed while it was sealed: "+err.Error()); aerr != nil {
+			return resBackoff, aerr
+		}
 		if r := admit.ReasonOf(err); r.Transient() {
 			d.noteFailure(ctx, j.it, p, string(r), err)
 			return resPoll, nil
@@ -317,7 +319,9 @@ func (d *Daemon) publishStage(ctx context.Context, j *job) (result, error) {
 			if errors.Is(err, errNotOurs) {
 				// Someone else's bytes under this attempt's key: the key
 				// is spoiled. Start over under a fresh one.
-				d.abandon(ctx, p, err.Error())
+				if aerr := d.abandon(ctx, p, err.Error()); aerr != nil {
+					return resBackoff, aerr
+				}
 				return resBackoff, &failure{"conflict", err}
 			}
 			return resBackoff, &failure{"upload", err}
@@ -420,7 +424,12 @@ func (d *Daemon) finishStage(ctx context.Context, j *job) (result, error) {
 // Lock a stored object cannot be deleted until its retention ends; GC
 // removes orphans past their grace period). The version's progress is
 // cleared so that the next attempt starts afresh under a new key.
-func (d *Daemon) abandon(ctx context.Context, p *Progress, why string) {
+//
+// If the record cannot be made durable the progress stays and abandon
+// fails: the caller must not start a new attempt then, since that would
+// replace the progress — the only trace of the abandoned key and of any
+// orphan it leaves — before any record names them.
+func (d *Daemon) abandon(ctx context.Context, p *Progress, why string) error {
 	deleted, kept, errs := d.withdraw(ctx, p.Object)
 	detail := map[string]string{"object": p.Object, "reason": why, "stage": string(p.Stage)}
 	if len(deleted) > 0 {
@@ -436,12 +445,13 @@ func (d *Daemon) abandon(ctx context.Context, p *Progress, why string) {
 		"reason", why, "orphans", len(kept))
 	if err := d.record(ctx, audit.Record{Action: "abandoned", Subject: p.Name, Namespace: p.Namespace, Pod: p.Pod,
 		Container: p.Container, Outcome: audit.Error, Detail: detail}); err != nil {
-		return // the progress stays: the next try abandons it again
+		return &failure{"audit", fmt.Errorf("recording the abandoned attempt %s of %s: %w", p.Object, p.Name, err)}
 	}
 	reached(ptAbandoned, p)
 	if err := d.state.Delete(p); err != nil {
 		d.log.Error("clearing the progress of an abandoned attempt", "file", p.Name, "err", err)
 	}
+	return nil
 }
 
 // withdraw deletes whatever exists of the objects under base. It returns
@@ -465,6 +475,18 @@ func (d *Daemon) withdraw(ctx context.Context, base string) (deleted, kept []str
 // testFaultSign, when set by a test, runs before each signing and can fail
 // it (the fault-injection test's unavailable signer). Nil in production.
 var testFaultSign func(object string) error
+
+// testFaultAudit, when set by a test, runs before each audit record the
+// pipeline makes and can refuse it (a full disk, an I/O error). Nil in
+// production.
+var testFaultAudit func(r audit.Record) error
+
+func testFaultRecord(r audit.Record) error {
+	if testFaultAudit == nil {
+		return nil
+	}
+	return testFaultAudit(r)
+}
 
 func testFault(f func(string) error, object string) error {
 	if f == nil {

@@ -321,14 +321,27 @@ func (r *Responder) manifest(ctx context.Context, base string) (*manifest.Manife
 	if err != nil {
 		return nil, err
 	}
-	m, err := manifest.Verify(mb, sigs[0], r.Trusted, base)
+	return VerifyManifest(r.Trusted, base, mb, sigs)
+}
+
+// VerifyManifest runs FORMAT.md steps 1–3 on the bytes of base's manifest
+// and its signatures (the .manifest.sig and .manifest.sigstore.json forms
+// that exist, in that order; at least one): every signature under a trusted
+// key, the manifest's form, and that it names base. Failures are
+// *CheckError. The vault service's index uses it on what it reads from the
+// store; clients still verify for themselves.
+func VerifyManifest(trusted *signing.TrustedKeys, base string, mb []byte, sigs [][]byte) (*manifest.Manifest, error) {
+	if len(sigs) == 0 {
+		return nil, &CheckError{Check: CheckManifestSignature, Object: base, Err: errors.New("the manifest is unsigned")}
+	}
+	m, err := manifest.Verify(mb, sigs[0], trusted, base)
 	if err != nil {
 		return nil, classify(base, err)
 	}
-	if len(sigs) > 1 {
-		if _, err := verifySig(r.Trusted, sha256.Sum256(mb), sigs[1]); err != nil {
+	for _, s := range sigs[1:] {
+		if _, err := verifySig(trusted, sha256.Sum256(mb), s); err != nil {
 			return nil, &CheckError{Check: CheckManifestSignature, Object: base,
-				Err: fmt.Errorf("%s: %w", objs.ManifestBundle, err)}
+				Err: fmt.Errorf("%s: %w", manifest.ObjectsFor(base).ManifestBundle, err)}
 		}
 	}
 	return m, nil

@@ -59,8 +59,9 @@ type Auditor interface {
 
 // Responder reads one vault on behalf of one person.
 type Responder struct {
-	// Store is the vault.
-	Store store.Store
+	// Store is the vault: a store.Store, or the vault service's client
+	// (package remote). Either way every object is verified here.
+	Store store.Reader
 	// Trusted are the signing keys whose signatures are accepted
 	// (signing.publicKey and signing.publicKeys of the config).
 	Trusted *signing.TrustedKeys

@@ -113,6 +113,18 @@ type Object interface {
 	Info() ObjectInfo
 }
 
+// Reader is the read-only part of a Store: what responders, auditors and
+// the vault service's index read through. Besides every Store, the vault
+// service's HTTP client (package remote) implements it, so the same
+// verifying code runs on a laptop that holds no store credentials.
+type Reader interface {
+	// Stat, Open, List and Describe are as in Store.
+	Stat(ctx context.Context, key string) (ObjectInfo, error)
+	Open(ctx context.Context, key string) (Object, error)
+	List(ctx context.Context, prefix, startAfter string, limit int) (objs []ObjectInfo, next string, err error)
+	Describe() string
+}
+
 // Store is an object store. Keys are relative to the store's configured
 // prefix, use "/" separators, and never start with "/" or contain ".."
 // segments; implementations reject such keys with an error.

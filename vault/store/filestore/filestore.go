@@ -183,14 +183,10 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, op
 		return store.ObjectInfo{}, fmt.Errorf("file store %s: put %q: %v", s.root, key, err)
 	}
 	if opts.IfAbsent {
-		// Serialise create-only Puts: the existence check and the rename
-		// below must not interleave with another create of the same key.
-		s.createMu.Lock()
-		defer s.createMu.Unlock()
-		if _, err := os.Lstat(s.dataPath(key)); err == nil {
-			return store.ObjectInfo{}, fmt.Errorf("file store %s: create %q: %w", s.root, key, store.ErrExists)
-		} else if !errors.Is(err, fs.ErrNotExist) {
-			return store.ObjectInfo{}, fmt.Errorf("file store %s: create %q: %v", s.root, key, err)
+		// Fail early, before the body is read; checked again under
+		// createMu before the object is made visible.
+		if err := s.checkAbsent(key); err != nil {
+			return store.ObjectInfo{}, err
 		}
 	} else if err := s.checkUnlocked(key, "overwrite"); err != nil {
 		return store.ObjectInfo{}, err
@@ -234,6 +230,17 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, op
 		return store.ObjectInfo{}, fmt.Errorf("file store %s: put %q: %v", s.root, key, err)
 	}
 
+	if opts.IfAbsent {
+		// Serialise create-only Puts from here on only: the existence
+		// check, the sidecar and the rename must not interleave with
+		// another create of the same key, but the copy above (a whole
+		// ciphertext, perhaps slow) must not hold up every other create.
+		s.createMu.Lock()
+		defer s.createMu.Unlock()
+		if err := s.checkAbsent(key); err != nil {
+			return store.ObjectInfo{}, err
+		}
+	}
 	// The sidecar goes first: a crash between the two renames leaves a
 	// lock without an object (ignored) rather than an object without its
 	// lock.
@@ -252,6 +259,16 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, op
 		return store.ObjectInfo{}, fmt.Errorf("file store %s: put %q: %v", s.root, key, err)
 	}
 	return s.Stat(ctx, key)
+}
+
+// checkAbsent refuses a create-only Put of a key that holds an object.
+func (s *Store) checkAbsent(key string) error {
+	if _, err := os.Lstat(s.dataPath(key)); err == nil {
+		return fmt.Errorf("file store %s: create %q: %w", s.root, key, store.ErrExists)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("file store %s: create %q: %v", s.root, key, err)
+	}
+	return nil
 }
 
 // checkSize compares f's size after fsync with what was written: a file
@@ -361,7 +378,7 @@ func (s *Store) Open(ctx context.Context, key string) (store.Object, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(s.dataPath(key), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := os.OpenFile(s.dataPath(key), os.O_RDONLY|oNoFollow, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("file store %s: open %q: %w", s.root, key, store.ErrNotExist)
 	}

@@ -1,0 +1,226 @@
+package service
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/checkpoint-vault/ckvault/policy"
+)
+
+// Identity is an authenticated caller, normalised from a client
+// certificate or a bearer token.
+type Identity struct {
+	// User is the SPIFFE id or subject CN of a certificate, or the user
+	// name TokenReview returned (system:serviceaccount:NS:NAME for a
+	// service account).
+	User string
+	// Groups are a certificate's organisations, or TokenReview's groups.
+	Groups []string
+	// UID is TokenReview's uid (empty for certificates).
+	UID string
+	// Kind is "cert" or "token".
+	Kind string
+}
+
+// Actor is how the identity appears in audit records.
+func (id Identity) Actor() string { return id.Kind + ":" + id.User }
+
+// TokenReviewer checks a bearer token for the configured audience
+// (Kubernetes TokenReview). ok=false with a nil error is a rejected token;
+// an error means the review could not be made.
+type TokenReviewer interface {
+	Review(ctx context.Context, token string) (id Identity, ok bool, reason string, err error)
+}
+
+// errUnauthenticated is a request without acceptable credentials.
+var errUnauthenticated = errors.New("unauthenticated")
+
+// authenticate returns the caller of r: a verified client certificate
+// first (the TLS layer already checked its chain against serve.clientCA),
+// else a bearer token checked with TokenReview. Anything else is refused.
+func (s *Service) authenticate(r *http.Request) (Identity, error) {
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
+		return certIdentity(r.TLS.VerifiedChains[0][0])
+	}
+	h := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok || strings.TrimSpace(tok) == "" {
+		return Identity{}, fmt.Errorf("%w: present a client certificate issued by the service's client CA, or a bearer token (Authorization: Bearer) issued for the service's audience", errUnauthenticated)
+	}
+	if s.tokens == nil {
+		return Identity{}, fmt.Errorf("%w: this service accepts no bearer tokens (serve.kubernetes is not configured); use a client certificate", errUnauthenticated)
+	}
+	id, ok, reason, err := s.tokens.Review(r.Context(), strings.TrimSpace(tok))
+	if err != nil {
+		return Identity{}, err
+	}
+	if !ok {
+		return Identity{}, fmt.Errorf("%w: the bearer token was rejected (%s); get a token for the service's audience (kubectl create token SA --audience %s)", errUnauthenticated, reason, s.audience)
+	}
+	return id, nil
+}
+
+// certIdentity: the SPIFFE URI SAN when there is one, else the subject CN.
+func certIdentity(c *x509.Certificate) (Identity, error) {
+	id := Identity{Kind: "cert", Groups: append([]string(nil), c.Subject.Organization...)}
+	for _, u := range c.URIs {
+		if u.Scheme == "spiffe" {
+			id.User = u.String()
+			return id, nil
+		}
+	}
+	id.User = c.Subject.CommonName
+	if id.User == "" {
+		return Identity{}, fmt.Errorf("%w: the client certificate has neither a SPIFFE URI SAN nor a subject CN to name its holder", errUnauthenticated)
+	}
+	return id, nil
+}
+
+// tokenCache remembers TokenReview answers by the token's SHA-256 (never
+// the token), so a client's stream of requests costs one review: accepted
+// tokens for allowTTL, rejected ones for denyTTL (kube-rbac-proxy reviews
+// tokens with a 2-minute cache).
+type tokenCache struct {
+	next              TokenReviewer
+	allowTTL, denyTTL time.Duration
+	mu                sync.Mutex
+	m                 map[[32]byte]tokenAnswer
+}
+
+type tokenAnswer struct {
+	id      Identity
+	ok      bool
+	reason  string
+	expires time.Time
+}
+
+const maxCacheEntries = 100_000
+
+func newTokenCache(next TokenReviewer, allowTTL, denyTTL time.Duration) *tokenCache {
+	return &tokenCache{next: next, allowTTL: allowTTL, denyTTL: denyTTL, m: map[[32]byte]tokenAnswer{}}
+}
+
+func (c *tokenCache) Review(ctx context.Context, token string) (Identity, bool, string, error) {
+	k := sha256.Sum256([]byte(token))
+	now := time.Now()
+	c.mu.Lock()
+	a, hit := c.m[k]
+	c.mu.Unlock()
+	if hit && now.Before(a.expires) {
+		return a.id, a.ok, a.reason, nil
+	}
+	id, ok, reason, err := c.next.Review(ctx, token)
+	if err != nil {
+		return id, ok, reason, err
+	}
+	ttl := c.denyTTL
+	if ok {
+		ttl = c.allowTTL
+	}
+	c.mu.Lock()
+	if len(c.m) >= maxCacheEntries {
+		clear(c.m) // crude but bounded; a flood of distinct tokens only costs reviews
+	}
+	c.m[k] = tokenAnswer{id, ok, reason, now.Add(ttl)}
+	c.mu.Unlock()
+	return id, ok, reason, nil
+}
+
+// Decision is an authoriser's answer.
+type Decision struct {
+	Allowed bool
+	// Reason names the grant that allowed it, or why not.
+	Reason string
+}
+
+// Authorizer decides whether id may do verb (one of policy.ServeVerbs) in
+// namespace ("" for the cluster-wide audit trail). An error means no
+// decision could be made; the request is then refused (deny by default).
+type Authorizer interface {
+	Authorize(ctx context.Context, id Identity, verb policy.ServeVerb, namespace string) (Decision, error)
+}
+
+// RolesAuthorizer is the config authoriser: serve.roles.
+type RolesAuthorizer struct {
+	Roles []policy.ServeRole
+}
+
+func (a RolesAuthorizer) Authorize(_ context.Context, id Identity, verb policy.ServeVerb, namespace string) (Decision, error) {
+	for _, r := range a.Roles {
+		if !contains(r.Verbs, verb.Name) {
+			continue
+		}
+		// "*" covers every namespace and the cluster-wide trail; a
+		// listed namespace covers only itself.
+		if !contains(r.Namespaces, "*") && (namespace == "" || !contains(r.Namespaces, namespace)) {
+			continue
+		}
+		for _, sub := range r.Subjects {
+			if sub.User != "" && sub.User == id.User || sub.Group != "" && contains(id.Groups, sub.Group) {
+				return Decision{Allowed: true, Reason: "role " + r.Name}, nil
+			}
+		}
+	}
+	return Decision{Reason: "no role grants it"}, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// cachingAuthorizer remembers decisions: allowed ones for allowTTL,
+// denied ones for denyTTL (kube-rbac-proxy's defaults: 5 minutes and 30
+// seconds). Errors are not cached.
+type cachingAuthorizer struct {
+	next              Authorizer
+	allowTTL, denyTTL time.Duration
+	mu                sync.Mutex
+	m                 map[string]cachedDecision
+}
+
+type cachedDecision struct {
+	d       Decision
+	expires time.Time
+}
+
+func newCachingAuthorizer(next Authorizer, allowTTL, denyTTL time.Duration) *cachingAuthorizer {
+	return &cachingAuthorizer{next: next, allowTTL: allowTTL, denyTTL: denyTTL, m: map[string]cachedDecision{}}
+}
+
+func (c *cachingAuthorizer) Authorize(ctx context.Context, id Identity, verb policy.ServeVerb, namespace string) (Decision, error) {
+	k := strings.Join([]string{id.Kind, id.User, id.UID, strings.Join(id.Groups, "\x00"), verb.Name, namespace}, "\x01")
+	now := time.Now()
+	c.mu.Lock()
+	cd, hit := c.m[k]
+	c.mu.Unlock()
+	if hit && now.Before(cd.expires) {
+		return cd.d, nil
+	}
+	d, err := c.next.Authorize(ctx, id, verb, namespace)
+	if err != nil {
+		return d, err
+	}
+	ttl := c.denyTTL
+	if d.Allowed {
+		ttl = c.allowTTL
+	}
+	c.mu.Lock()
+	if len(c.m) >= maxCacheEntries {
+		clear(c.m)
+	}
+	c.m[k] = cachedDecision{d, now.Add(ttl)}
+	c.mu.Unlock()
+	return d, nil
+}

@@ -1,0 +1,111 @@
+package service
+
+import (
+	"context"
+	"fmt"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	authnclient "k8s.io/client-go/kubernetes/typed/authentication/v1"
+	authzclient "k8s.io/client-go/kubernetes/typed/authorization/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/checkpoint-vault/ckvault/policy"
+)
+
+// KubeConfig returns the client configuration for kubeconfig, or the
+// in-cluster configuration when it is empty.
+func KubeConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		c, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("serve.kubernetes: no kubeconfig given and not running in a cluster (%v); set serve.kubernetes.kubeconfig", err)
+		}
+		return c, nil
+	}
+	c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("serve.kubernetes.kubeconfig %s: %w", kubeconfig, err)
+	}
+	return c, nil
+}
+
+// KubeTokenReviewer checks bearer tokens with TokenReview for Audience.
+type KubeTokenReviewer struct {
+	Client   authnclient.TokenReviewInterface
+	Audience string
+}
+
+// NewKubeTokenReviewer builds a reviewer from a client configuration.
+func NewKubeTokenReviewer(cfg *rest.Config, audience string) (*KubeTokenReviewer, error) {
+	c, err := authnclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &KubeTokenReviewer{Client: c.TokenReviews(), Audience: audience}, nil
+}
+
+func (k *KubeTokenReviewer) Review(ctx context.Context, token string) (Identity, bool, string, error) {
+	tr, err := k.Client.Create(ctx, &authenticationv1.TokenReview{
+		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{k.Audience}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return Identity{}, false, "", fmt.Errorf("TokenReview: %w (the service needs create on tokenreviews.authentication.k8s.io)", err)
+	}
+	st := tr.Status
+	if !st.Authenticated {
+		reason := st.Error
+		if reason == "" {
+			reason = "not authenticated"
+		}
+		return Identity{}, false, reason, nil
+	}
+	// A reviewer that does not support audiences answers without them;
+	// accept only a review that confirms ours.
+	if len(st.Audiences) > 0 && !contains(st.Audiences, k.Audience) {
+		return Identity{}, false, fmt.Sprintf("token audiences %v do not include %q", st.Audiences, k.Audience), nil
+	}
+	return Identity{Kind: "token", User: st.User.Username, Groups: st.User.Groups, UID: st.User.UID}, true, "", nil
+}
+
+// SARAuthorizer asks Kubernetes with a SubjectAccessReview on the virtual
+// resource of the verb (policy.ServeVerbs) in group policy.KubeGroup.
+type SARAuthorizer struct {
+	Client authzclient.SubjectAccessReviewInterface
+}
+
+// NewSARAuthorizer builds the authoriser from a client configuration.
+func NewSARAuthorizer(cfg *rest.Config) (*SARAuthorizer, error) {
+	c, err := authzclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &SARAuthorizer{Client: c.SubjectAccessReviews()}, nil
+}
+
+func (a *SARAuthorizer) Authorize(ctx context.Context, id Identity, verb policy.ServeVerb, namespace string) (Decision, error) {
+	r, err := a.Client.Create(ctx, &authorizationv1.SubjectAccessReview{
+		Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: id.User, Groups: id.Groups, UID: id.UID,
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Namespace: namespace, Verb: verb.KubeVerb, Group: policy.KubeGroup, Resource: verb.Resource,
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return Decision{}, fmt.Errorf("SubjectAccessReview: %w (the service needs create on subjectaccessreviews.authorization.k8s.io)", err)
+	}
+	if r.Status.Allowed && !r.Status.Denied {
+		return Decision{Allowed: true, Reason: r.Status.Reason}, nil
+	}
+	reason := r.Status.Reason
+	if r.Status.EvaluationError != "" {
+		reason += " (" + r.Status.EvaluationError + ")"
+	}
+	if reason == "" {
+		reason = "no RBAC rule grants it"
+	}
+	return Decision{Reason: reason}, nil
+}

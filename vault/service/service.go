@@ -1,0 +1,493 @@
+// Package service is the vault service, `ckvault serve`: the one reader of
+// the store. It authenticates every caller (client certificates, Kubernetes
+// bearer tokens), authorises each request per namespace (deny by default),
+// records the request durably in its audit trail BEFORE the first byte of
+// the answer (fail closed: 503 and nothing served when it cannot), streams
+// objects with bounded memory and HTTP Range, and lists checkpoints from an
+// index of verified manifests. It never holds a decryption identity and
+// never decrypts. docs/API.md documents the API.
+package service
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
+
+	"github.com/checkpoint-vault/ckvault/audit"
+	"github.com/checkpoint-vault/ckvault/policy"
+	"github.com/checkpoint-vault/ckvault/vault/manifest"
+	"github.com/checkpoint-vault/ckvault/vault/remote"
+	"github.com/checkpoint-vault/ckvault/vault/store"
+)
+
+// Auditor takes the service's records; Append returns once the record is
+// durable. *audit.Log implements it.
+type Auditor interface {
+	Append(ctx context.Context, rec audit.Record) (uint64, error)
+}
+
+// TrailReader is what the audit endpoints read: the service's own trail.
+type TrailReader interface {
+	Query(ctx context.Context, f audit.Filter) (audit.Page, error)
+	Verify(ctx context.Context, v audit.HeadVerifier) (*audit.Report, error)
+}
+
+// Options configure a Service.
+type Options struct {
+	Store store.Reader
+	Index *Index
+	Audit Auditor
+	// Trail is the service's own trail, for /v1/audit/records and
+	// /v1/audit/verify; HeadVerifier verifies its heads.
+	Trail        TrailReader
+	HeadVerifier audit.HeadVerifier
+	// Tokens reviews bearer tokens (nil: certificates only); Audience is
+	// named in error messages.
+	Tokens   TokenReviewer
+	Audience string
+	Authz    Authorizer
+	// MaxStreams caps concurrent object streams; RateLimit and RateBurst
+	// limit requests per identity.
+	MaxStreams int
+	RateLimit  float64
+	RateBurst  int
+	// WriteTimeout bounds each write of a stream (the deadline moves with
+	// progress, so a slow but live download continues).
+	WriteTimeout time.Duration
+	Logger       *slog.Logger
+	Registry     *prometheus.Registry
+}
+
+// Service is the HTTP handler of the vault service.
+type Service struct {
+	st       store.Reader
+	index    *Index
+	audit    Auditor
+	trail    TrailReader
+	headV    audit.HeadVerifier
+	tokens   TokenReviewer
+	audience string
+	authz    Authorizer
+	log      *slog.Logger
+
+	streams      chan struct{}
+	writeTimeout time.Duration
+	rateLimit    rate.Limit
+	rateBurst    int
+	limMu        sync.Mutex
+	limiters     map[string]*limiterEntry
+
+	mux *http.ServeMux
+	m   metrics
+	reg *prometheus.Registry
+
+	readyMu  sync.Mutex
+	readyErr error
+}
+
+type limiterEntry struct {
+	l    *rate.Limiter
+	seen time.Time
+}
+
+type metrics struct {
+	requests  *prometheus.CounterVec
+	bytes     prometheus.Counter
+	denied    prometheus.Counter
+	auditFail prometheus.Counter
+	streams   prometheus.Gauge
+	entries   prometheus.GaugeFunc
+	latency   *prometheus.HistogramVec
+}
+
+// New builds the service. Options.Store, Index, Audit and Authz are
+// required.
+func New(o Options) (*Service, error) {
+	if o.Store == nil || o.Index == nil || o.Audit == nil || o.Authz == nil {
+		return nil, errors.New("service: Store, Index, Audit and Authz are required")
+	}
+	if o.MaxStreams <= 0 {
+		o.MaxStreams = policy.DefaultMaxStreams
+	}
+	if o.RateLimit <= 0 {
+		o.RateLimit = policy.DefaultRateLimit
+	}
+	if o.RateBurst <= 0 {
+		o.RateBurst = policy.DefaultRateBurst
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	s := &Service{
+		st: o.Store, index: o.Index, audit: o.Audit, trail: o.Trail, headV: o.HeadVerifier,
+		tokens: o.Tokens, audience: o.Audience, authz: o.Authz, log: o.Logger,
+		streams: make(chan struct{}, o.MaxStreams), writeTimeout: o.WriteTimeout,
+		rateLimit: rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*limiterEntry{},
+		reg: o.Registry,
+	}
+	s.m = metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ckvault_serve_requests_total",
+			Help: "Requests by route and status code."}, []string{"route", "code"}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "ckvault_serve_object_bytes_total",
+			Help: "Object bytes sent."}),
+		denied: prometheus.NewCounter(prometheus.CounterOpts{Name: "ckvault_serve_denied_total",
+			Help: "Requests refused by the authoriser."}),
+		auditFail: prometheus.NewCounter(prometheus.CounterOpts{Name: "ckvault_serve_audit_failures_total",
+			Help: "Requests refused (503) because their audit record could not be made durable."}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ckvault_serve_streams",
+			Help: "Object streams in progress."}),
+		entries: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ckvault_serve_index_entries",
+			Help: "Checkpoints in the index."}, func() float64 { return float64(o.Index.Len()) }),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ckvault_serve_request_seconds",
+			Help: "Time to answer, by route (streams: to the last byte).", Buckets: prometheus.DefBuckets}, []string{"route"}),
+	}
+	o.Registry.MustRegister(s.m.requests, s.m.bytes, s.m.denied, s.m.auditFail, s.m.streams, s.m.entries, s.m.latency)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /v1/checkpoints", s.api("list", s.handleList))
+	mux.HandleFunc("GET /v1/checkpoints/{id...}", s.api("checkpoint", s.handleCheckpoint))
+	mux.HandleFunc("GET /v1/objects/{key...}", s.api("object", s.handleObject))
+	mux.HandleFunc("HEAD /v1/objects/{key...}", s.api("object", s.handleObject))
+	mux.HandleFunc("GET /v1/audit/segments", s.api("segments", s.handleSegments))
+	mux.HandleFunc("GET /v1/audit/records", s.api("records", s.handleRecords))
+	mux.HandleFunc("GET /v1/audit/verify", s.api("verify", s.handleAuditVerify))
+	mux.HandleFunc("POST /v1/index/refresh", s.api("refresh", s.handleRefresh))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, remote.Error{Error: fmt.Sprintf("no such endpoint %s %s; see docs/API.md", r.Method, clipPath(r.URL.Path))})
+	})
+	s.mux = mux
+	return s, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// SetReady records whether the service is ready (its index loaded, its
+// store reachable); /readyz reports it.
+func (s *Service) SetReady(err error) {
+	s.readyMu.Lock()
+	s.readyErr = err
+	s.readyMu.Unlock()
+}
+
+func (s *Service) readyz(w http.ResponseWriter, _ *http.Request) {
+	s.readyMu.Lock()
+	err := s.readyErr
+	s.readyMu.Unlock()
+	if err != nil {
+		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	io.WriteString(w, "ready\n")
+}
+
+// request is one authenticated API request in flight.
+type request struct {
+	s     *Service
+	w     *countingWriter
+	r     *http.Request
+	id    Identity
+	start time.Time
+	route string
+	// intent is the seq of the intent record, 0 before it exists.
+	intent uint64
+	rec    audit.Record
+}
+
+func clipPath(p string) string {
+	if len(p) > 200 {
+		return p[:200] + "..."
+	}
+	return p
+}
+
+// api wraps a handler: bounded body, authentication (401), rate limit
+// (429), and the outcome metric.
+func (s *Service) api(route string, h func(q *request) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		cw := &countingWriter{ResponseWriter: w, h: sha256.New()}
+		defer func() {
+			s.m.requests.WithLabelValues(route, strconv.Itoa(cw.statusCode())).Inc()
+			s.m.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		}()
+		r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
+		id, err := s.authenticate(r)
+		if err != nil {
+			if errors.Is(err, errUnauthenticated) {
+				cw.Header().Set("WWW-Authenticate", `Bearer realm="ckvault"`)
+				writeError(cw, http.StatusUnauthorized, remote.Error{Error: err.Error()})
+				return
+			}
+			s.log.Error("authenticating a request", "err", err)
+			writeError(cw, http.StatusServiceUnavailable, remote.Error{Error: "authentication is unavailable: " + err.Error()})
+			return
+		}
+		if wait, ok := s.allow(id); !ok {
+			cw.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+			writeError(cw, http.StatusTooManyRequests, remote.Error{Error: fmt.Sprintf("rate limit for %s exceeded; retry after %s", id.Actor(), wait.Round(time.Second))})
+			return
+		}
+		q := &request{s: s, w: cw, r: r, id: id, start: start, route: route}
+		if err := h(q); err != nil {
+			s.log.Warn("request failed", "route", route, "actor", id.Actor(), "err", err)
+		}
+	}
+}
+
+// allow applies the per-identity rate limit; it returns how long to wait
+// when the request must be refused.
+func (s *Service) allow(id Identity) (time.Duration, bool) {
+	now := time.Now()
+	s.limMu.Lock()
+	defer s.limMu.Unlock()
+	key := id.Actor()
+	e := s.limiters[key]
+	if e == nil {
+		if len(s.limiters) >= maxCacheEntries {
+			for k, v := range s.limiters {
+				if now.Sub(v.seen) > time.Minute {
+					delete(s.limiters, k)
+				}
+			}
+		}
+		e = &limiterEntry{l: rate.NewLimiter(s.rateLimit, s.rateBurst)}
+		s.limiters[key] = e
+	}
+	e.seen = now
+	res := e.l.ReserveN(now, 1)
+	if d := res.DelayFrom(now); d > 0 {
+		res.CancelAt(now)
+		return d, false
+	}
+	return 0, true
+}
+
+// authorize asks the authoriser; a denial (or a failure to decide) is
+// audited and answered with 403 (503 when the denial cannot be recorded),
+// and authorize returns false.
+func (q *request) authorize(verbName, namespace, subject string) bool {
+	verb, ok := policy.LookupServeVerb(verbName)
+	if !ok {
+		panic("service: unknown verb " + verbName)
+	}
+	d, err := q.s.authz.Authorize(q.r.Context(), q.id, verb, namespace)
+	if err == nil && d.Allowed {
+		return true
+	}
+	reason := d.Reason
+	if err != nil {
+		reason = "no decision: " + err.Error()
+	}
+	q.s.m.denied.Inc()
+	where := "namespace " + namespace
+	if namespace == "" {
+		where = "the whole vault"
+	}
+	rec := q.baseRecord("denied", subject, namespace)
+	rec.Outcome = audit.Denied
+	rec.Detail["request"] = verbName
+	rec.Detail["reason"] = clip(reason)
+	rec.Detail["status"] = "403"
+	if _, err := q.s.audit.Append(q.r.Context(), rec); err != nil {
+		q.auditUnavailable(err)
+		return false
+	}
+	writeError(q.w, http.StatusForbidden, remote.Error{
+		Error:     fmt.Sprintf("%s may not %s in %s (%s); ask for a grant of verb %q on %s", q.id.Actor(), verbName, where, reason, verbName, where),
+		Verb:      verbName,
+		Namespace: namespace,
+	})
+	return false
+}
+
+func (q *request) baseRecord(action, subject, namespace string) audit.Record {
+	rec := audit.Record{
+		Actor: clip(q.id.Actor()), Action: action, Subject: clip(subject), Namespace: namespace, Outcome: audit.OK,
+		Detail: map[string]string{"source": clip(q.r.RemoteAddr), "auth": q.id.Kind},
+	}
+	if kp, ok := parseKeyParts(subject); ok {
+		rec.Pod, rec.Container = kp[1], kp[2]
+	}
+	return rec
+}
+
+func parseKeyParts(key string) ([]string, bool) {
+	seg := strings.SplitN(key, "/", 4)
+	if len(seg) != 4 {
+		return nil, false
+	}
+	return seg, true
+}
+
+// begin records the intent; only when it is durable may the answer start.
+// On failure it answers 503 and returns false.
+func (q *request) begin(action, subject, namespace string, detail map[string]string) bool {
+	q.rec = q.baseRecord(action, subject, namespace)
+	for k, v := range detail {
+		q.rec.Detail[k] = clip(v)
+	}
+	intent := q.rec
+	intent.Detail = cloneDetail(q.rec.Detail)
+	intent.Detail["phase"] = "intent"
+	seq, err := q.s.audit.Append(q.r.Context(), intent)
+	if err != nil {
+		q.auditUnavailable(err)
+		return false
+	}
+	q.intent = seq
+	return true
+}
+
+func cloneDetail(d map[string]string) map[string]string {
+	out := make(map[string]string, len(d)+4)
+	for k, v := range d {
+		out[k] = v
+	}
+	return out
+}
+
+// finish records the outcome: status, bytes sent, their SHA-256 and the
+// duration.
+func (q *request) finish(failure error) {
+	if q.intent == 0 {
+		return
+	}
+	rec := q.rec
+	rec.Detail = cloneDetail(q.rec.Detail)
+	rec.Detail["phase"] = "done"
+	rec.Detail["intent"] = strconv.FormatUint(q.intent, 10)
+	rec.Detail["status"] = strconv.Itoa(q.w.statusCode())
+	rec.Detail["bytes"] = strconv.FormatInt(q.w.n, 10)
+	rec.Detail["sha256"] = hex.EncodeToString(q.w.h.Sum(nil))
+	rec.Detail["duration"] = time.Since(q.start).Round(time.Microsecond).String()
+	if failure != nil {
+		rec.Outcome = audit.Error
+		rec.Detail["reason"] = clip(failure.Error())
+	} else if q.w.statusCode() >= 400 {
+		rec.Outcome = audit.Error
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(q.r.Context()), 30*time.Second)
+	defer cancel()
+	if _, err := q.s.audit.Append(ctx, rec); err != nil {
+		q.s.m.auditFail.Inc()
+		q.s.log.Error("recording the outcome of a request in the audit trail failed", "intent", q.intent, "actor", rec.Actor, "subject", rec.Subject, "err", err)
+	}
+}
+
+// auditUnavailable answers 503: audit fails closed.
+func (q *request) auditUnavailable(err error) {
+	q.s.m.auditFail.Inc()
+	q.s.log.Error("the audit trail refused a record; refusing the request", "actor", q.id.Actor(), "path", q.r.URL.Path, "err", err)
+	q.w.Header().Set("Retry-After", "5")
+	writeError(q.w, http.StatusServiceUnavailable, remote.Error{Error: "the service cannot record this request in its audit trail, so it serves nothing; retry later or tell the operator (" + err.Error() + ")"})
+}
+
+func clip(s string) string {
+	if len(s) > audit.MaxFieldLen {
+		return s[:audit.MaxFieldLen-3] + "..."
+	}
+	return s
+}
+
+// countingWriter counts and hashes the body bytes sent.
+type countingWriter struct {
+	http.ResponseWriter
+	status int
+	n      int64
+	h      interface {
+		io.Writer
+		Sum([]byte) []byte
+	}
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	if c.status == 0 {
+		c.status = code
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	n, err := c.ResponseWriter.Write(b)
+	c.n += int64(n)
+	c.h.Write(b[:n])
+	return n, err
+}
+
+func (c *countingWriter) statusCode() int {
+	if c.status == 0 {
+		return http.StatusOK
+	}
+	return c.status
+}
+
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+func writeError(w http.ResponseWriter, code int, e remote.Error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(e)
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	return json.NewEncoder(w).Encode(v)
+}
+
+// verbOfObject maps an object key to the verb that reads it and its
+// namespace: audit segments need audit; a checkpoint's ciphertext needs
+// fetch; its manifest and signatures need get.
+func verbOfObject(key string) (verb, namespace string, ok bool) {
+	if strings.HasPrefix(key, audit.SegmentPrefix) {
+		return "audit", "", true
+	}
+	base, ok := manifest.BaseKeyOf(key)
+	if !ok {
+		return "", "", false
+	}
+	ns, _, _ := strings.Cut(base, "/")
+	if strings.HasSuffix(key, manifest.SuffixCiphertext) {
+		return "fetch", ns, true
+	}
+	return "get", ns, true
+}
+
+// remoteHost is the client's address without the port, for logs.
+func remoteHost(r *http.Request) string {
+	h, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return h
+}
