@@ -261,6 +261,7 @@ func New(cfg Config) (*Store, error) {
 		t.DisableCompression = true
 		tr = t
 	}
+	tr = createOnlyTransport{tr}
 	creds, err := credentialsFor(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %v: %w", s.Describe(), err, store.ErrPermanent)
@@ -538,9 +539,23 @@ func (s *Store) putOnce(ctx context.Context, key string, r io.Reader, size int64
 		popts.SetMatchETagExcept("*")
 	}
 	fk := s.fullKey(key)
+	if opts.IfAbsent {
+		ctx = context.WithValue(ctx, createOnlyKey{}, true)
+	}
 	info, err := s.c.PutObject(ctx, s.bucket, fk, hr, size, popts)
 	if err != nil {
-		return store.ObjectInfo{}, s.wrap("put", key, err)
+		werr := s.wrap("put", key, err)
+		if hr.n == size && !errors.Is(werr, store.ErrPermanent) {
+			// Every byte was sent: the server may have stored the object
+			// and the response been lost (minio-go's retry of the
+			// completion then meets ErrExists or NoSuchUpload). If what
+			// the key holds is exactly what was sent, the Put succeeded;
+			// a one-pass stream could not be sent again anyway.
+			if oi, ok := s.landed(ctx, key, size, encodeSum(hr.h.Sum64())); ok {
+				return oi, nil
+			}
+		}
+		return store.ObjectInfo{}, werr
 	}
 	if hr.n != size {
 		s.discard(key, info.VersionID)
@@ -586,6 +601,50 @@ func (s *Store) putOnce(ctx context.Context, key string, r io.Reader, size int64
 	oi := s.info(key, st)
 	oi.Checksum = store.Checksum{Algorithm: store.ChecksumCRC64NVME, Value: local}
 	return oi, nil
+}
+
+// landed reports whether the current object under key is the one a Put
+// whose response was lost sent: the same size and the same full-object
+// CRC64NVME. It never removes anything (the object may be someone else's).
+func (s *Store) landed(ctx context.Context, key string, size int64, local string) (store.ObjectInfo, bool) {
+	var st minio.ObjectInfo
+	err := s.retry(ctx, func() error {
+		var err error
+		st, err = s.c.StatObject(ctx, s.bucket, s.fullKey(key), minio.StatObjectOptions{Checksum: true})
+		return err
+	})
+	if err != nil || st.IsDeleteMarker || st.Size != size {
+		return store.ObjectInfo{}, false
+	}
+	if size > 0 && (st.ChecksumCRC64NVME != local || (st.ChecksumMode != "" && !strings.EqualFold(st.ChecksumMode, "FULL_OBJECT"))) {
+		return store.ObjectInfo{}, false
+	}
+	oi := s.info(key, st)
+	oi.Checksum = store.Checksum{Algorithm: store.ChecksumCRC64NVME, Value: local}
+	return oi, true
+}
+
+// createOnlyKey marks the context of a create-only Put for
+// createOnlyTransport.
+type createOnlyKey struct{}
+
+// createOnlyTransport adds If-None-Match: * to the CompleteMultipartUpload
+// request (POST ?uploadId=) of a create-only Put. minio-go v7.4.1 sends the
+// caller's conditional headers with the initiating request only and drops
+// them on completion (completeUploadOpts), yet completion is where S3 and
+// versitygw evaluate If-None-Match for a multipart upload (MinIO checks it
+// at both): without this an object created by someone else while the parts
+// upload would be replaced. The header is sent unsigned, which SigV4
+// allows: only the headers SignedHeaders names are signed.
+type createOnlyTransport struct{ http.RoundTripper }
+
+func (t createOnlyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPost && r.URL.Query().Has("uploadId") && r.Header.Get("If-None-Match") == "" &&
+		r.Context().Value(createOnlyKey{}) != nil {
+		r = r.Clone(r.Context())
+		r.Header.Set("If-None-Match", "*")
+	}
+	return t.RoundTripper.RoundTrip(r)
 }
 
 // discard removes a version that must not count as stored, and says what
