@@ -90,10 +90,10 @@ func (d *Daemon) process(ctx context.Context, it *item) (result, error) {
 			// crash: prove again with Stat rather than read the archive a
 			// second time.
 			res, err := d.run(ctx, j, d.proveStage, d.finishStage)
-			if !errors.Is(err, store.ErrNotExist) {
+			if !spoiled(err) {
 				return res, err
 			}
-			if aerr := d.abandon(ctx, p, "an object of the uploaded attempt is missing: "+err.Error()); aerr != nil {
+			if aerr := d.abandon(ctx, p, "an object of the uploaded attempt is missing or not what was stored: "+err.Error()); aerr != nil {
 				return resBackoff, aerr
 			}
 		case StageSealing:
@@ -158,6 +158,13 @@ func (d *Daemon) noteFailure(ctx context.Context, it *item, p *Progress, reason 
 		rec.Detail["object"] = p.Object
 	}
 	d.record(ctx, rec)
+}
+
+// spoiled reports whether a failed proof shows the attempt's objects gone
+// or replaced (rather than the store being unreachable): retrying the proof
+// cannot help, the attempt must be abandoned.
+func spoiled(err error) bool {
+	return errors.Is(err, store.ErrNotExist) || errors.Is(err, store.ErrIncomplete)
 }
 
 func manifestEngine(e string) bool {

@@ -30,7 +30,6 @@ import (
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/vault/admit"
 	"github.com/checkpoint-vault/ckvault/vault/shred"
-	"github.com/checkpoint-vault/ckvault/vault/store"
 	"github.com/checkpoint-vault/ckvault/vault/watch"
 )
 
@@ -178,8 +177,8 @@ func (d *Daemon) settleStale(ctx context.Context, dir *admit.DirRef, p *Progress
 			stages = stages[1:]
 		}
 		res, err := d.run(ctx, &job{p: p}, stages...)
-		if p.Stage == StageUploaded && errors.Is(err, store.ErrNotExist) {
-			if aerr := d.abandon(ctx, p, "an object of the uploaded attempt is missing: "+err.Error()); aerr != nil {
+		if p.Stage == StageUploaded && spoiled(err) {
+			if aerr := d.abandon(ctx, p, "an object of the uploaded attempt is missing or not what was stored: "+err.Error()); aerr != nil {
 				return aerr
 			}
 			return err

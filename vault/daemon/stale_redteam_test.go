@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -224,4 +225,37 @@ type compliance struct{ store.Store }
 func (c *compliance) Put(ctx context.Context, key string, r io.Reader, size int64, opts store.PutOptions) (store.ObjectInfo, error) {
 	opts.Retention = store.Retention{Mode: "compliance", Until: time.Now().Add(24 * time.Hour)}
 	return c.Store.Put(ctx, key, r, size, opts)
+}
+
+// TestProveFindsReplacedObject: an object of an uploaded attempt that is
+// replaced in the store before it is proven (someone holding the node's
+// write credentials, or a store that ignores create-only) fails the proof
+// by size. The attempt is spoiled; it must be abandoned and the archive
+// vaulted again under a new key. Before the fix only a missing object
+// abandoned the attempt: a replaced one failed the proof on every retry
+// for ever, and the plaintext stayed on the node.
+func TestProveFindsReplacedObject(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	st := openStore(t, e)
+	var once sync.Once
+	testHookStage = func(point string, p *Progress) {
+		if point != ptUploadedAudited {
+			return
+		}
+		once.Do(func() {
+			k := manifest.ObjectsFor(p.Object).Manifest
+			junk := []byte("not the manifest that was signed")
+			if _, err := st.Put(context.Background(), k, bytes.NewReader(junk), int64(len(junk)), store.PutOptions{}); err != nil {
+				t.Errorf("replacing %s: %v", k, err)
+			}
+		})
+	}
+	t.Cleanup(func() { testHookStage = nil })
+	r := startDaemon(t, e, Options{MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	o := samplearchive.Options{Namespace: "faults", Pod: "replaced-0", Container: "app", Seed: 5, MemoryBytes: 100 << 10}
+	plain := archiveBytes(t, o)
+	name := samplearchive.Filename(o)
+	must(t, os.WriteFile(filepath.Join(e.ckDir, name), plain, 0o600))
+	p := waitVaulted(t, r, name, 20*time.Second)
+	checkVaulted(t, e, st, p, plain)
 }
