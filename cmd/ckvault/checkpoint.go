@@ -19,7 +19,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/checkpoint-vault/ckvault/audit/auditsock"
-	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
 	"github.com/checkpoint-vault/ckvault/vault/trigger"
 )
 
@@ -124,17 +123,16 @@ func (o *checkpointOptions) run(ctx context.Context, stdout, stderr io.Writer, a
 		return err
 	}
 	defer closeFn()
-	if np, ok := cfg.Namespaces[t.Namespace]; ok && np.Skip {
+	if np, ok := cfg.Namespaces[t.Namespace]; cfg != nil && ok && np.Skip {
 		return fmt.Errorf("namespace %s is skipped by the policy in %s: the daemon would leave the archive on the node unvaulted, in plaintext; refusing to ask for a checkpoint (remove skip: true for it first)", t.Namespace, o.config)
 	}
 	kc, err := o.kubeletClient(ctx, stderr, t)
 	if err != nil {
 		return err
 	}
-	st, err := storeconfig.Open(cfg.Store, nil)
-	if err != nil {
-		return err
-	}
+	// The responder's store: the configured one, or the vault service's
+	// when the client is in service mode.
+	st := r.Store
 	tr := &trigger.Trigger{
 		Kubelet: kc, Timeout: o.timeout, Audit: r.Audit, Actor: r.Actor,
 		LockDir: lockDir(),

@@ -127,7 +127,8 @@ func daemonSays(ctx context.Context, tr Trail, name, node string, late bool, bou
 // a key from the right node, reading and verifying the manifests there
 // through the responder, which audits that read.
 type StoreFinder struct {
-	Store     store.Store
+	// Store is the vault, or the vault service's view of it.
+	Store     store.Reader
 	Responder *responder.Responder
 	seen      map[string]bool
 }
