@@ -9,7 +9,7 @@ export GOFLAGS := -buildvcs=false
 GO ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build demo test tools vet fuzz bench clean
+.PHONY: all build demo test tools vet cross fuzz bench clean
 
 all: build
 
@@ -26,7 +26,13 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
 	$(GO) vet ./...
 
-test: tools vet
+# cross builds the client for the laptops responders and auditors use; only
+# `daemon` and `dev` are Linux-only (they say so elsewhere).
+cross:
+	GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./cmd/ckvault
+	GOOS=windows GOARCH=amd64 $(GO) build -o /dev/null ./cmd/ckvault
+
+test: tools vet cross
 	CKVAULT_REQUIRE_TOOLS=1 $(GO) test -count=1 -timeout 25m ./...
 	$(MAKE) fuzz
 

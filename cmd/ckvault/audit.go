@@ -153,12 +153,20 @@ func (o *auditQueryOptions) run(ctx context.Context, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := policy.Load(o.config)
+	remoteTrail, err := clientAuditTrail(ctx, o.config)
 	if err != nil {
 		return err
 	}
+	var cfg *policy.Config
+	if remoteTrail == nil {
+		if cfg, err = policy.Load(o.config); err != nil {
+			return err
+		}
+	}
 	var page func(audit.Filter) (audit.Page, error)
-	if o.fromStore {
+	if remoteTrail != nil {
+		page = remoteTrail.Query
+	} else if o.fromStore {
 		trail, err := readStoreTrail(ctx, cfg)
 		if err != nil {
 			return err
@@ -251,13 +259,21 @@ func (o *auditOptions) runVerify(ctx context.Context, w io.Writer) error {
 	if err := checkOutput(o.output, "table", "json"); err != nil {
 		return err
 	}
-	cfg, err := policy.Load(o.config)
+	remoteTrail, err := clientAuditTrail(ctx, o.config)
 	if err != nil {
 		return err
 	}
+	var cfg *policy.Config
+	if remoteTrail == nil {
+		if cfg, err = policy.Load(o.config); err != nil {
+			return err
+		}
+	}
 	var rep *audit.Report
-	what := "audit log of node " + cfg.Node
-	if o.fromStore {
+	what := "exported audit trail read through the vault service"
+	if remoteTrail != nil {
+		rep = remoteTrail.Report
+	} else if what = "audit log of node " + cfg.Node; o.fromStore {
 		trail, err := readStoreTrail(ctx, cfg)
 		if err != nil {
 			return err

@@ -43,6 +43,11 @@ func (o *vaultOptions) addFlags(cmd *cobra.Command) {
 // and the audit trail (openResponderAudit). close releases the trail; call
 // it once.
 func openResponder(ctx context.Context, configPath string) (*responder.Responder, *policy.Config, func(), error) {
+	if rc, ok, err := client.resolve(); err != nil {
+		return nil, nil, nil, err
+	} else if ok {
+		return openRemoteResponder(configPath, rc)
+	}
 	cfg, err := policy.Load(configPath)
 	if err != nil {
 		return nil, nil, nil, err

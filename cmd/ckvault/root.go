@@ -32,7 +32,7 @@ Start with:  ckvault dev --demo`,
 	root.AddCommand(
 		// Each command lives in its own file as newXxxCommand().
 		newKeygenCommand(),
-		newDaemonCommand(),
+		newDaemonCommand(), // Linux only: see node_other.go
 		newDevCommand(),
 		newAuditCommand(),
 		newListCommand(),
@@ -43,6 +43,8 @@ Start with:  ckvault dev --demo`,
 		newPinCommand(),
 		newUnpinCommand(),
 		newRestoreCommand(),
+		newServeCommand(),
 	)
+	addClientFlags(root)
 	return root
 }

@@ -154,13 +154,19 @@ func Shared(tb testing.TB) *Cluster {
 // run function, or stop both here).
 func Main(m *testing.M) int {
 	code := m.Run()
+	StopShared()
+	return code
+}
+
+// StopShared stops the shared cluster, if one was started (for a TestMain
+// that runs its tests through another package's Main).
+func StopShared() {
 	shared.Lock()
 	defer shared.Unlock()
 	if shared.c != nil {
 		shared.c.Stop()
 		shared.c = nil
 	}
-	return code
 }
 
 // Stop stops the API server, then etcd (in that order: the API server

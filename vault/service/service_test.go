@@ -1,0 +1,549 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"filippo.io/age"
+
+	"github.com/checkpoint-vault/ckvault/audit"
+	"github.com/checkpoint-vault/ckvault/internal/testvault"
+	"github.com/checkpoint-vault/ckvault/vault/manifest"
+	"github.com/checkpoint-vault/ckvault/vault/remote"
+	"github.com/checkpoint-vault/ckvault/vault/responder"
+)
+
+// TestAuthorisationTable: each verb × namespace × identity kind gets the
+// answer the roles give, a denial names verb and namespace, and every
+// request that reached the authoriser is in the trail (intent and outcome
+// for allowed ones, a denied record for refused ones).
+func TestAuthorisationTable(t *testing.T) {
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			e := newEnv(t, envOptions{backend: backend})
+			pay, oth := e.vaulted["payments"][0].Object, e.vaulted["other"][0].Object
+			type req struct {
+				name, path string
+				verb, ns   string
+			}
+			reqs := []req{
+				{"list payments", "/v1/checkpoints?namespace=payments", "list", "payments"},
+				{"list other", "/v1/checkpoints?namespace=other", "list", "other"},
+				{"get payments", "/v1/objects/" + pay + manifest.SuffixManifest, "get", "payments"},
+				{"get other", "/v1/objects/" + oth + manifest.SuffixManifest, "get", "other"},
+				{"fetch payments", "/v1/objects/" + pay + manifest.SuffixCiphertext, "fetch", "payments"},
+				{"fetch other", "/v1/objects/" + oth + manifest.SuffixCiphertext, "fetch", "other"},
+				{"manifest payments", "/v1/checkpoints/" + pay, "get", "payments"},
+				{"audit segments", "/v1/audit/segments", "audit", ""},
+				{"audit records", "/v1/audit/records", "audit", ""},
+			}
+			// want[identity][request name] = status
+			allowAlice := map[string]bool{"list payments": true, "get payments": true, "fetch payments": true, "manifest payments": true}
+			allowBob := map[string]bool{"list other": true}
+			allowAuditor := map[string]bool{"audit segments": true, "audit records": true}
+			for _, id := range []struct {
+				name  string
+				allow map[string]bool
+				actor string
+			}{
+				{"alice", allowAlice, "cert:alice"},
+				{"bob", allowBob, "cert:spiffe://example.org/ns/ir/sa/bob"},
+				{"auditor", allowAuditor, "cert:carol"},
+				{"nobody", nil, "cert:nobody"},
+			} {
+				c := e.client(id.name)
+				for _, r := range reqs {
+					a := e.get(c, r.path)
+					want := http.StatusForbidden
+					if id.allow[r.name] {
+						want = http.StatusOK
+					}
+					if a.code != want {
+						t.Errorf("%s %s: %d %s, want %d", id.name, r.name, a.code, a.body, want)
+						continue
+					}
+					if want == http.StatusForbidden {
+						var body remote.Error
+						if err := remote.DecodeJSON(bytes.NewReader(a.body), &body); err != nil || body.Verb != r.verb || body.Namespace != r.ns {
+							t.Errorf("%s %s: 403 body %s does not name verb %q and namespace %q", id.name, r.name, a.body, r.verb, r.ns)
+						}
+					}
+				}
+				denied := e.records(audit.Filter{Actor: id.actor, Outcome: audit.Denied})
+				allowed := e.records(audit.Filter{Actor: id.actor, Outcome: audit.OK})
+				wantDenied := len(reqs) - len(id.allow)
+				if len(denied) != wantDenied {
+					t.Errorf("%s: %d denied records, want %d", id.name, len(denied), wantDenied)
+				}
+				for _, r := range denied {
+					if r.Action != "denied" || r.Detail["request"] == "" || r.Detail["source"] == "" {
+						t.Errorf("%s: denied record lacks action/request/source: %+v", id.name, r)
+					}
+				}
+				// Each allowed request: an intent and an outcome.
+				if len(allowed) != 2*len(id.allow) {
+					t.Errorf("%s: %d ok records, want %d (intent + outcome per allowed request)", id.name, len(allowed), 2*len(id.allow))
+				}
+			}
+
+			// No certificate, no token: 401, nothing served.
+			if a := e.get(e.client(""), "/v1/checkpoints"); a.code != http.StatusUnauthorized {
+				t.Errorf("anonymous list: %d %s, want 401", a.code, a.body)
+			}
+			// A token, but the service has no TokenReview configured: 401.
+			if a := e.get(e.client(""), "/v1/checkpoints", "Authorization", "Bearer abc"); a.code != http.StatusUnauthorized {
+				t.Errorf("token without kubernetes: %d %s, want 401", a.code, a.body)
+			}
+			// A certificate from another CA (CN alice!) is not accepted: Go's
+			// client does not even offer it (the server names its CA), and
+			// the request is anonymous.
+			if a := e.get(e.client("stranger"), "/v1/checkpoints?namespace=payments"); a.code != -1 && a.code != http.StatusUnauthorized {
+				t.Errorf("certificate from another CA: %d %s, want 401 or a TLS failure", a.code, a.body)
+			}
+		})
+	}
+}
+
+// TestListShowsOnlyVisibleNamespaces: a listing across namespaces returns
+// only the entries the caller may list, with cursor pagination.
+func TestListShowsOnlyVisibleNamespaces(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file", perNS: 3})
+	alice := e.client("alice")
+	var all []remote.Checkpoint
+	cursor := ""
+	for {
+		q := "?limit=2"
+		if cursor != "" {
+			q += "&cursor=" + url.QueryEscape(cursor)
+		}
+		l, a := e.list(alice, q)
+		if a.code != 200 {
+			t.Fatalf("list: %d %s", a.code, a.body)
+		}
+		all = append(all, l.Items...)
+		if l.Next == "" {
+			break
+		}
+		cursor = l.Next
+	}
+	if len(all) != 3 {
+		t.Fatalf("alice sees %d entries, want the 3 in payments", len(all))
+	}
+	for _, it := range all {
+		if it.Namespace != "payments" || !it.Verified || len(it.Manifest) == 0 || len(it.Signatures) == 0 {
+			t.Errorf("entry %s: namespace %s verified %v manifest %d bytes", it.Base, it.Namespace, it.Verified, len(it.Manifest))
+		}
+	}
+	// Filters as `ckvault list`: pod, node.
+	if l, _ := e.list(alice, "?namespace=payments&pod=api-1"); len(l.Items) != 1 || l.Items[0].Pod != "api-1" {
+		t.Errorf("pod filter: %s", namespaces(l))
+	}
+	if l, _ := e.list(alice, "?namespace=payments&node=elsewhere"); len(l.Items) != 0 {
+		t.Errorf("node filter: %d entries", len(l.Items))
+	}
+	// bob lists everything he may: other only.
+	if l, a := e.list(e.client("bob"), ""); a.code != 200 || namespaces(l) != "other,other,other" {
+		t.Errorf("bob: %d %s", a.code, namespaces(l))
+	}
+	// nobody lists everything: an empty list, not an error.
+	if l, a := e.list(e.client("nobody"), ""); a.code != 200 || len(l.Items) != 0 {
+		t.Errorf("nobody: %d %d entries", a.code, len(l.Items))
+	}
+	// Malformed queries are 400.
+	for _, q := range []string{"?limit=0", "?limit=x", "?since=yesterday", "?pod=a", "?bogus=1", "?namespace=a&namespace=b"} {
+		if _, a := e.list(alice, q); a.code != http.StatusBadRequest {
+			t.Errorf("list%s: %d, want 400", q, a.code)
+		}
+	}
+}
+
+// TestFailClosed: when the trail cannot take the intent record the service
+// answers 503 and sends not one byte of the object.
+func TestFailClosed(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file"})
+	obj := e.vaulted["payments"][0].Object + manifest.SuffixCiphertext
+	alice := e.client("alice")
+	if a := e.get(alice, "/v1/objects/"+obj); a.code != 200 {
+		t.Fatalf("before: %d", a.code)
+	}
+	ct, err := testvault.GetBytes(context.Background(), e.st, obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.srv.Trail.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/v1/objects/" + obj, "/v1/checkpoints?namespace=payments", "/v1/objects/" + e.vaulted["other"][0].Object + manifest.SuffixManifest} {
+		a := e.get(alice, p)
+		if a.code != http.StatusServiceUnavailable {
+			t.Errorf("%s with a closed trail: %d, want 503", p, a.code)
+		}
+		if bytes.Contains(a.body, ct[:64]) || strings.Contains(string(a.body), `"items"`) {
+			t.Errorf("%s: the 503 carries content", p)
+		}
+		if a.hdr.Get("Retry-After") == "" {
+			t.Errorf("%s: 503 without Retry-After", p)
+		}
+	}
+}
+
+// TestRange: single ranges give 206 with the right bytes and
+// Content-Range; unsatisfiable ones 416; the outcome record carries the
+// SHA-256 and count of exactly the bytes sent.
+func TestRange(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file", memoryBytes: 256 << 10})
+	obj := e.vaulted["payments"][0].Object + manifest.SuffixCiphertext
+	ct, err := testvault.GetBytes(context.Background(), e.st, obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := e.client("alice")
+	n := int64(len(ct))
+	for _, c := range []struct {
+		rng        string
+		code       int
+		start, end int64 // inclusive
+	}{
+		{"bytes=0-99", 206, 0, 99},
+		{"bytes=100-", 206, 100, n - 1},
+		{"bytes=-50", 206, n - 50, n - 1},
+		{fmt.Sprintf("bytes=%d-%d", n-10, n+1000), 206, n - 10, n - 1},
+		{fmt.Sprintf("bytes=%d-", n), 416, 0, 0},
+		{"bytes=5-1", 416, 0, 0},
+		{"items=0-1", 416, 0, 0},
+	} {
+		a := e.get(alice, "/v1/objects/"+obj, "Range", c.rng)
+		if a.code != c.code {
+			t.Errorf("%s: %d, want %d", c.rng, a.code, c.code)
+			continue
+		}
+		if c.code != 206 {
+			continue
+		}
+		if !bytes.Equal(a.body, ct[c.start:c.end+1]) {
+			t.Errorf("%s: wrong bytes", c.rng)
+		}
+		if want := fmt.Sprintf("bytes %d-%d/%d", c.start, c.end, n); a.hdr.Get("Content-Range") != want {
+			t.Errorf("%s: Content-Range %q, want %q", c.rng, a.hdr.Get("Content-Range"), want)
+		}
+		sum := sha256.Sum256(a.body)
+		recs := e.records(audit.Filter{Actor: "cert:alice", Action: "fetched", Newest: true, Limit: 1})
+		if d := recs[0].Detail; d["phase"] != "done" || d["bytes"] != strconv.Itoa(len(a.body)) || d["sha256"] != hex.EncodeToString(sum[:]) || d["range"] != c.rng {
+			t.Errorf("%s: outcome record %v", c.rng, d)
+		}
+	}
+}
+
+// cutProxy forwards TCP to target, cutting the first connection after
+// limit bytes from the server.
+func cutProxy(t *testing.T, target string, limit int64) (addr string, conns *atomic.Int32) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	conns = &atomic.Int32{}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			first := conns.Add(1) == 1
+			go func() {
+				defer c.Close()
+				s, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer s.Close()
+				go io.Copy(s, c)
+				if first {
+					io.CopyN(c, s, limit)
+					return
+				}
+				io.Copy(c, s)
+			}()
+		}
+	}()
+	return ln.Addr().String(), conns
+}
+
+// TestClientResumesBrokenDownload: the client's object reader resumes with
+// Range where a cut connection left it, and the bytes are whole.
+func TestClientResumesBrokenDownload(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file", memoryBytes: 2 << 20})
+	obj := e.vaulted["payments"][0].Object + manifest.SuffixCiphertext
+	ct, err := testvault.GetBytes(context.Background(), e.st, obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, conns := cutProxy(t, e.srv.Addr, 300<<10)
+	c := e.certs["alice"]
+	rs, err := remote.New(remote.Config{Server: "https://" + addr, CAFile: e.ca.CertFile, CertFile: c[0], KeyFile: c[1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := rs.Open(context.Background(), obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(o)
+	o.Close()
+	if err != nil {
+		t.Fatalf("read through a cut connection: %v", err)
+	}
+	if !bytes.Equal(got, ct) {
+		t.Fatalf("resumed download: %d bytes, differs from the object's %d", len(got), len(ct))
+	}
+	if conns.Load() < 2 {
+		t.Fatalf("the connection was never cut (%d connections)", conns.Load())
+	}
+	ranged := 0
+	for _, r := range e.records(audit.Filter{Actor: "cert:alice", Action: "fetched"}) {
+		if r.Detail["phase"] == "intent" && strings.HasPrefix(r.Detail["range"], "bytes=") {
+			ranged++
+		}
+	}
+	if ranged == 0 {
+		t.Error("no ranged fetch in the trail: the client did not resume with Range")
+	}
+}
+
+// TestRateLimit: beyond the burst, 429 with Retry-After; other identities
+// are unaffected.
+func TestRateLimit(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file", serveExtra: "  rateLimit: 0.5\n  rateBurst: 3\n"})
+	alice := e.client("alice")
+	codes := []int{}
+	for range 5 {
+		_, a := e.list(alice, "?namespace=payments")
+		codes = append(codes, a.code)
+		if a.code == http.StatusTooManyRequests && a.hdr.Get("Retry-After") == "" {
+			t.Error("429 without Retry-After")
+		}
+	}
+	if fmt.Sprint(codes) != "[200 200 200 429 429]" {
+		t.Errorf("codes %v, want three 200 then 429", codes)
+	}
+	if _, a := e.list(e.client("bob"), "?namespace=other"); a.code != 200 {
+		t.Errorf("bob after alice's burst: %d", a.code)
+	}
+}
+
+// TestClientThroughService: the responder, reading through the service
+// client, lists, verifies and fetches exactly as from the store, and an
+// auditor reads the merged exported trail through the service.
+func TestClientThroughService(t *testing.T) {
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			e := newEnv(t, envOptions{backend: backend})
+			log, err := audit.Open(laptopTrail(t), audit.Options{Node: "laptop"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer log.Close()
+			r := &responder.Responder{Store: e.remote("alice"), Trusted: e.keys.Trusted, Audit: log, Actor: "alice"}
+			ctx := context.Background()
+			entries, err := r.List(ctx, responder.ListOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(entries) != 2 {
+				t.Fatalf("%d entries, want alice's 2", len(entries))
+			}
+			for _, en := range entries {
+				if en.Problem != nil || en.Namespace() != "payments" {
+					t.Errorf("%s: %v", en.Base, en.Problem)
+				}
+			}
+			m := e.vaulted["payments"][1]
+			rep, err := r.Verify(ctx, entries[0].ID)
+			if err != nil {
+				t.Fatalf("verify through the service: %v", err)
+			}
+			if len(rep.Checks) != 5 {
+				t.Errorf("checks %v", rep.Checks)
+			}
+			out := filepath.Join(t.TempDir(), "out.tar")
+			got, err := r.Fetch(ctx, m.Object, out, responder.FetchOptions{Identities: []age_identity{e.keys.Identity}})
+			if err != nil {
+				t.Fatalf("fetch through the service: %v", err)
+			}
+			b, _ := os.ReadFile(out)
+			if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != got.Plaintext.SHA256 {
+				t.Error("fetched archive differs")
+			}
+			// Another namespace's checkpoint: refused by the service.
+			if _, err := r.Verify(ctx, e.vaulted["other"][0].Object); err == nil {
+				t.Error("alice verified a checkpoint of namespace other through the service")
+			}
+
+			// The service's trail, exported, read back through the service
+			// by an auditor.
+			e.srv.Export(ctx)
+			trail, err := audit.ReadStore(ctx, e.remote("auditor"), e.keys.Trusted.DER())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !trail.Report.OK() || len(trail.Nodes["serve-test"]) == 0 {
+				t.Fatalf("exported service trail: ok=%v findings=%v nodes=%d", trail.Report.OK(), trail.Report.Findings, len(trail.Nodes))
+			}
+			fetched := 0
+			for _, rec := range trail.Nodes["serve-test"] {
+				if rec.Action == "fetched" && rec.Actor == "cert:alice" && rec.Detail["phase"] == "done" {
+					fetched++
+				}
+			}
+			if fetched == 0 {
+				t.Error("the exported trail lacks alice's fetch")
+			}
+			// alice may not read the audit trail.
+			if _, err := audit.ReadStore(ctx, e.remote("alice"), e.keys.Trusted.DER()); err == nil {
+				t.Error("alice read the audit segments")
+			}
+		})
+	}
+}
+
+// maliciousService is a proxy in front of the real service that swaps
+// what it answers for one checkpoint.
+func maliciousService(t *testing.T, e *env, rewrite func(path string, body []byte) []byte) *remote.Store {
+	target, _ := url.Parse(e.url())
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.Transport = e.client("alice").Transport
+	rp.ModifyResponse = func(resp *http.Response) error {
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		b = rewrite(resp.Request.URL.Path, b)
+		resp.Body = io.NopCloser(bytes.NewReader(b))
+		resp.ContentLength = int64(len(b))
+		resp.Header.Set("Content-Length", strconv.Itoa(len(b)))
+		resp.Header.Del("Content-Range")
+		if resp.StatusCode == http.StatusPartialContent {
+			resp.StatusCode = http.StatusOK
+		}
+		return nil
+	}
+	leaf, err := e.ca.Leaf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: rp}
+	go hs.Serve(tlsListener(ln, leaf))
+	t.Cleanup(func() { hs.Close() })
+	c := e.certs["alice"]
+	rs, err := remote.New(remote.Config{Server: "https://" + ln.Addr().String(), CAFile: e.ca.CertFile, CertFile: c[0], KeyFile: c[1], Retries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+// TestMaliciousServiceIsCaught: a service that swaps a checkpoint's
+// ciphertext for another's, truncates it, or serves another checkpoint's
+// manifest under this one's name is caught by the client's own checks.
+func TestMaliciousServiceIsCaught(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file"})
+	ctx := context.Background()
+	a, b := e.vaulted["payments"][0], e.vaulted["payments"][1]
+	ctB, _ := testvault.GetBytes(ctx, e.st, b.Object+manifest.SuffixCiphertext)
+	mB, _ := testvault.GetBytes(ctx, e.st, b.Object+manifest.SuffixManifest)
+	sigB, _ := testvault.GetBytes(ctx, e.st, b.Object+manifest.SuffixManifestSig)
+	log, err := audit.Open(laptopTrail(t), audit.Options{Node: "laptop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	for _, c := range []struct {
+		name    string
+		rewrite func(path string, body []byte) []byte
+		check   string
+	}{
+		{"swapped ciphertext", func(p string, body []byte) []byte {
+			if strings.HasSuffix(p, a.Object+manifest.SuffixCiphertext) {
+				return ctB
+			}
+			return body
+		}, responder.CheckCiphertext},
+		{"truncated ciphertext", func(p string, body []byte) []byte {
+			if strings.HasSuffix(p, a.Object+manifest.SuffixCiphertext) {
+				return body[:len(body)/2]
+			}
+			return body
+		}, responder.CheckCiphertext},
+		{"replayed manifest", func(p string, body []byte) []byte {
+			if strings.HasSuffix(p, "/v1/checkpoints") {
+				// Put B's signed manifest into A's entry.
+				var l remote.CheckpointList
+				remote.DecodeJSON(bytes.NewReader(body), &l)
+				for i := range l.Items {
+					if l.Items[i].Base == a.Object {
+						l.Items[i].Manifest = mB
+						l.Items[i].Signatures[manifest.SuffixManifestSig] = sigB
+						delete(l.Items[i].Signatures, manifest.SuffixManifestBundle)
+					}
+				}
+				return mustJSON(l)
+			}
+			return body
+		}, responder.CheckKeyBinding},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := &responder.Responder{Store: maliciousService(t, e, c.rewrite), Trusted: e.keys.Trusted, Audit: log, Actor: "alice"}
+			_, err := r.Verify(ctx, a.Object)
+			var ce *responder.CheckError
+			if !errorsAs(err, &ce) || ce.Check != c.check {
+				t.Fatalf("verify through a malicious service: %v, want the %s check to fail", err, c.check)
+			}
+		})
+	}
+}
+
+type age_identity = age.Identity
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func errorsAs(err error, target any) bool { return err != nil && errors.As(err, target) }
+
+func tlsListener(ln net.Listener, cert tls.Certificate) net.Listener {
+	return tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+}
+
+func laptopTrail(t *testing.T) string {
+	d := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(d, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(d, audit.FileName)
+}
