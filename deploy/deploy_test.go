@@ -191,8 +191,8 @@ func TestEmbeddedConfigs(t *testing.T) {
 				t.Errorf("gc config has no global retention policy")
 			}
 		case "ckvault-service-config":
-			if cfg.Node != "ckvault-service" {
-				t.Errorf("service config: node %q", cfg.Node)
+			if cfg.Node != "ckvault-service" || cfg.Serve == nil || cfg.Serve.Kubernetes == nil || !cfg.Serve.Kubernetes.Authorize {
+				t.Errorf("service config: node %q, serve %+v; want SubjectAccessReview authorisation", cfg.Node, cfg.Serve)
 			}
 		}
 	}

@@ -45,7 +45,7 @@
 // audit.MaxFieldLen, or more than MaxAppendBody bytes is refused (400, 413).
 //
 // Only the actions of responders (AppendActions: listed, verified, fetched,
-// inspected, denied) may be appended: a local client cannot forge the
+// inspected, denied, restored, the trigger's and retention's) may be appended: a local client cannot forge the
 // daemon's pipeline records (sealed, proven, shredded...). A refused action
 // is itself recorded, as action "audit-appended", outcome denied.
 //
@@ -207,7 +207,11 @@ const MaxAppendBody = 128 << 10
 // an object that failed a check.
 // "gc", "deleted", "pinned" and "unpinned" are retention's (vault/gc),
 // run by root on a node as `ckvault gc` / `ckvault pin`.
-var AppendActions = []string{"listed", "verified", "fetched", "inspected", "denied", "gc", "deleted", "pinned", "unpinned"}
+// "restored" is `ckvault restore` (vault/responder.Restore);
+// "checkpoint-requested", "checkpoint-answered" and "checkpoint-vaulted" are
+// `ckvault checkpoint` (vault/trigger).
+var AppendActions = []string{"listed", "verified", "fetched", "inspected", "denied", "gc", "deleted", "pinned", "unpinned",
+	"restored", "checkpoint-requested", "checkpoint-answered", "checkpoint-vaulted"}
 
 // Detail keys the daemon sets on appended records; a client may not.
 const (

@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/checkpoint-vault/ckvault/crypto/signing"
 	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/gc"
@@ -202,4 +204,35 @@ func printGC(w io.Writer, rep *gcReport) error {
 		p.Checkpoints, p.Kept, map[bool]string{true: "would delete", false: "deleted"}[rep.DryRun], len(p.Delete)-len(rep.Failed),
 		humanBytes(bytes), len(p.Pinned), len(p.Deferred), len(p.YoungOrphans), len(p.Unverified))
 	return err
+}
+
+// scheduleGC runs retention every interval until ctx ends: what
+// `ckvault serve` does when the config sets retention.interval. Runs are
+// audited in trail (the service's own trail, exported with its segments);
+// a failed run is logged and retried at the next tick.
+func scheduleGC(ctx context.Context, cfg *policy.Config, tk *signing.TrustedKeys, trail gc.Auditor, every time.Duration, log *slog.Logger) {
+	st, err := openGCStore(cfg)
+	if err != nil {
+		log.Error("retention: cannot open the store; scheduled GC is off", "err", err)
+		return
+	}
+	opts := gc.Options{Policy: cfg.Retention, Trusted: tk, Audit: trail, Actor: "ckvault-serve:retention",
+		BypassGovernance: cfg.Retention.BypassGovernance, Logger: log}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		plan, res, err := gc.Run(ctx, st, opts, false)
+		switch {
+		case err != nil:
+			log.Error("retention run failed", "err", err)
+		case res != nil:
+			log.Info("retention run", "checkpoints", plan.Checkpoints, "deleted", len(res.Deleted), "failed", len(res.Failed),
+				"pinned", len(plan.Pinned), "deferred", len(plan.Deferred), "unverified", len(plan.Unverified))
+		}
+	}
 }

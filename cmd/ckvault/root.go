@@ -43,6 +43,7 @@ Start with:  ckvault dev --demo`,
 		newPinCommand(),
 		newUnpinCommand(),
 		newRestoreCommand(),
+		newCheckpointCommand(),
 		newServeCommand(),
 	)
 	addClientFlags(root)

@@ -69,6 +69,9 @@ Clients: list, verify, fetch, inspect, restore and audit query/verify with
 			if err != nil {
 				return err
 			}
+			if r := cfg.Retention; r != nil && r.IntervalDuration() > 0 {
+				go scheduleGC(ctx, cfg, tk, srv.Trail, r.IntervalDuration(), slog.Default())
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "ckvault serve: listening on https://%s (%d checkpoints indexed)\n", srv.Addr, srv.Index.Len())
 			return srv.Run(ctx)
 		},

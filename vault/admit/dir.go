@@ -35,7 +35,6 @@ type Dir struct {
 	mu  sync.Mutex
 	cur *DirRef // nil while refused
 	gen uint64  // counts successful (re)opens
-	err error   // why cur is nil
 }
 
 // DirRule is who may own the checkpoints directory. Group and other must
@@ -147,17 +146,16 @@ func (d *Dir) Acquire() (*DirRef, error) {
 	r := &DirRef{fd: fd, dev: st.Dev, ino: st.Ino}
 	r.refs.Store(1) // the Dir's own reference
 	d.drop()
-	d.cur, d.err = r, nil
+	d.cur = r
 	d.gen++
 	r.gen = d.gen
 	r.refs.Add(1)
 	return r, nil
 }
 
-// refuse drops the held directory and remembers why.
+// refuse drops the held directory and returns err.
 func (d *Dir) refuse(err error) error {
 	d.drop()
-	d.err = err
 	return err
 }
 
@@ -185,7 +183,6 @@ func (d *Dir) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.drop()
-	d.err = &DirError{Path: d.path, Problem: "is closed"}
 	return nil
 }
 

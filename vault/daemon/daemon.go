@@ -107,6 +107,7 @@ type Daemon struct {
 	health, exports flight
 	exportCtx       context.Context
 	stopExport      context.CancelFunc
+	stopBy          time.Time // the drain deadline, once stopping (loop, then close)
 
 	mu          sync.Mutex
 	queue       *queue // the backlog
@@ -501,7 +502,7 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event, watchErr <
 		case err := <-watchErr:
 			if err != nil && stopping == nil {
 				runErr = fmt.Errorf("watching %s: %w", d.cfg.CheckpointsDir, err)
-				stopping = time.After(d.opts.DrainTimeout)
+				stopping = d.drainFrom(time.Now())
 			}
 			watchErr = nil
 		case <-gauges.C:
@@ -514,7 +515,7 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event, watchErr <
 		case <-ctx.Done():
 			if stopping == nil {
 				d.log.Info("stopping: draining archives in flight", "inFlight", running)
-				stopping = time.After(d.opts.DrainTimeout)
+				stopping = d.drainFrom(time.Now())
 				ctx = context.Background() // stop selecting on Done
 				timer.Stop()
 			}
@@ -881,14 +882,25 @@ func (d *Daemon) WaitVaulted(ctx context.Context, name string) (*Progress, error
 	}
 }
 
+// drainFrom starts the drain: archives in flight (and an audit export)
+// get until DrainTimeout after now.
+func (d *Daemon) drainFrom(now time.Time) <-chan time.Time {
+	d.stopBy = now.Add(d.opts.DrainTimeout)
+	return time.After(d.opts.DrainTimeout)
+}
+
 func (d *Daemon) close(errp *error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// An export in flight uses the audit log: wait for it (cancelling it
-	// if it outlasts the grace period) before the last export and before
-	// the log is closed.
+	// at the drain deadline, so that a stop takes no longer than the drain
+	// timeout) before the last export and before the log is closed.
 	if d.stopExport != nil {
-		wctx, wcancel := context.WithTimeout(ctx, d.opts.DrainTimeout)
+		by := d.stopBy
+		if by.IsZero() {
+			by = time.Now().Add(d.opts.DrainTimeout)
+		}
+		wctx, wcancel := context.WithDeadline(ctx, by)
 		finished := d.exports.wait(wctx)
 		wcancel()
 		if !finished {

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -74,6 +76,11 @@ func (d *Daemon) process(ctx context.Context, it *item) (result, error) {
 	if err != nil {
 		return resBackoff, &failure{"state-db", err}
 	}
+	if p == nil {
+		if p, err = d.adoptSameContent(ctx, it, snap); err != nil {
+			return resBackoff, err
+		}
+	}
 	if p != nil {
 		j := &job{it: it, snap: snap, p: p}
 		switch p.Stage {
@@ -108,6 +115,71 @@ func (d *Daemon) process(ctx context.Context, it *item) (result, error) {
 		}
 	}
 	return d.vault(ctx, it, snap)
+}
+
+// adoptSameContent finds the recorded version a metadata change (chmod,
+// chown, a link added and removed: only the ctime differs) made unknown to
+// the state database, and carries it over to snap, so that an archive
+// already sealed, uploaded, proven or pinned is not vaulted a second time.
+// The ctime is part of a version's key because, unlike the mtime, no one
+// can set it: so the content is proven unchanged by reading the file
+// once and comparing its SHA-256 with the recorded plaintext digest. It
+// returns nil when no such version exists or the content differs.
+func (d *Daemon) adoptSameContent(ctx context.Context, it *item, snap admit.Snapshot) (*Progress, error) {
+	if snap.Nlink != 1 {
+		return nil, nil
+	}
+	ps, err := d.state.unfinishedOf(it.name)
+	if err != nil {
+		return nil, &failure{"state-db", err}
+	}
+	for _, q := range ps {
+		switch q.Stage {
+		case StageSealed, StageUploaded, StageProven, StagePinned:
+		default:
+			continue
+		}
+		if !snap.Same(q.Snapshot()) || q.PlaintextSHA256 == "" {
+			continue
+		}
+		c, err := admit.Open(it.dir, it.name, d.owner, snap.Ino)
+		if err != nil {
+			return nil, nil // not readable now: the pipeline's own admission decides
+		}
+		h := sha256.New()
+		_, err = io.Copy(h, &ctxReader{ctx: ctx, r: c.Reader()})
+		if err == nil {
+			err = c.Recheck()
+		}
+		c.Close()
+		if err != nil || hex.EncodeToString(h.Sum(nil)) != q.PlaintextSHA256 {
+			return nil, nil
+		}
+		old := *q
+		q.Ctime = snap.Ctime.UnixNano()
+		if err := d.state.Put(q); err != nil {
+			return nil, &failure{"state-db", err}
+		}
+		if err := d.state.Delete(&old); err != nil {
+			return nil, &failure{"state-db", err}
+		}
+		d.log.Info("metadata changed, content unchanged: carried over", "file", it.name, "object", q.Object, "stage", q.Stage)
+		return q, nil
+	}
+	return nil, nil
+}
+
+// ctxReader stops a long read when ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // reject records that a file version is not vaulted, once: the stored stage

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 )
 
 func TestQueueOrder(t *testing.T) {
@@ -256,12 +258,32 @@ func TestStoreHangDoesNotBlockScheduler(t *testing.T) {
 	if !r.d.health.busy() {
 		t.Error("the health check returned before its timeout: the test did not exercise a hang")
 	}
+	// A real archive: its upload hangs in the handshake, so the stop
+	// has an archive in flight as well as the export.
+	p, err := samplearchive.WriteDir(e.ckDir, samplearchive.Options{Pod: "inflight", Seed: 5})
+	must(t, err)
+	deadline = time.Now().Add(20 * time.Second)
+	for !sealing(t, r, filepath.Base(p)) {
+		if time.Now().After(deadline) {
+			t.Fatal("the archive's upload never started")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	start := time.Now()
 	must(t, r.stop())
+	took := time.Since(start)
 	if r.d.exports.busy() {
 		t.Error("Run returned while an audit export was still running")
 	}
-	t.Logf("stopped in %v with the store hanging", time.Since(start).Round(time.Millisecond))
+	// The drain timeout bounds the whole stop: the export is cancelled at
+	// the same deadline as the archive, not after a second grace period.
+	if took > 2*time.Second+1500*time.Millisecond {
+		t.Errorf("stop took %v with a %v drain timeout", took, 2*time.Second)
+	}
+	if _, err := os.Lstat(p); err != nil {
+		t.Errorf("the archive in flight is gone: %v", err)
+	}
+	t.Logf("stopped in %v with the store hanging and an upload in flight", took.Round(time.Millisecond))
 }
 
 // BenchmarkQueueBacklog10k: one dispatch cycle (an event, the next due
@@ -283,4 +305,16 @@ func BenchmarkQueueBacklog10k(b *testing.B) {
 		now = now.Add(time.Millisecond)
 		i++
 	}
+}
+
+// sealing reports whether the archive called name is being sealed.
+func sealing(t *testing.T, r *running, name string) bool {
+	st, err := r.d.Status()
+	must(t, err)
+	for _, a := range st.Archives {
+		if a.Name == name && a.Stage == StageSealing {
+			return true
+		}
+	}
+	return false
 }

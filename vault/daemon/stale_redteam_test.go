@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -258,4 +259,38 @@ func TestProveFindsReplacedObject(t *testing.T) {
 	must(t, os.WriteFile(filepath.Join(e.ckDir, name), plain, 0o600))
 	p := waitVaulted(t, r, name, 20*time.Second)
 	checkVaulted(t, e, st, p, plain)
+}
+
+// TestPinnedChmodNotRevaulted: a pinned archive stays on the node, vaulted
+// once. An operator's chmod (or chown, or a hard link added and removed)
+// changes only its ctime; its content is the version that was vaulted.
+// It must not be vaulted a second time.
+func TestPinnedChmodNotRevaulted(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	st := openStore(t, e)
+	r := startDaemon(t, e, Options{})
+	o := samplearchive.Options{Namespace: "hold", Pod: "api-0", Container: "app", Seed: 9, MemoryBytes: 100 << 10}
+	plain := archiveBytes(t, o)
+	name := samplearchive.Filename(o)
+	path := filepath.Join(e.ckDir, name)
+	must(t, os.WriteFile(path+".keep", nil, 0o600))
+	must(t, os.WriteFile(path, plain, 0o600))
+	p := waitVaulted(t, r, name, 20*time.Second)
+	if p.Stage != StagePinned {
+		t.Fatalf("stage %s, want pinned", p.Stage)
+	}
+	must(t, os.Chmod(path, 0o400))
+	time.Sleep(3 * time.Second)
+	must(t, r.stop())
+	n := 0
+	objs, _, err := st.List(context.Background(), "hold/", "", 1000)
+	must(t, err)
+	for _, o := range objs {
+		if strings.HasSuffix(o.Key, manifest.SuffixManifest) {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("the pinned archive was vaulted %d times after a chmod, want once", n)
+	}
 }
