@@ -13,7 +13,7 @@ import (
 )
 
 // BenchmarkIndexListNamespace lists one namespace (100 checkpoints) among
-// N indexed checkpoints in 100 namespaces, entries of realistic size (a
+// N indexed checkpoints in N/100 namespaces, entries of realistic size (a
 // 1.5 KiB manifest and 3 signatures), with the caller allowed everything.
 // Compare BenchmarkList in vault/responder (direct from the store, every
 // manifest read and verified: about 5 ms per checkpoint).
@@ -35,9 +35,9 @@ func BenchmarkIndexListNamespace(b *testing.B) {
 			batch := make([]remote.Checkpoint, 0, 1000)
 			t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 			for i := range n {
-				ns := fmt.Sprintf("ns-%03d", i%100)
-				base := fmt.Sprintf("%s/pod-%d/app/%s-node-a-%016x", ns, i/100, t0.Add(time.Duration(i)*time.Second).Format("20060102T150405Z"), i)
-				batch = append(batch, remote.Checkpoint{ID: fmt.Sprintf("%016x", i), Base: base, Namespace: ns, Pod: fmt.Sprintf("pod-%d", i/100),
+				ns := fmt.Sprintf("ns-%04d", i%(n/100))
+				base := fmt.Sprintf("%s/pod-%d/app/%s-node-a-%016x", ns, i/(n/100), t0.Add(time.Duration(i)*time.Second).Format("20060102T150405Z"), i)
+				batch = append(batch, remote.Checkpoint{ID: fmt.Sprintf("%016x", i), Base: base, Namespace: ns, Pod: fmt.Sprintf("pod-%d", i/(n/100)),
 					Container: "app", Node: "node-a", Checkpointed: t0, Verified: true, Size: 1 << 20, SHA256: "00",
 					Objects:  []remote.Object{{Key: base + ".tar.age", Size: 1 << 20}, {Key: base + ".manifest.json", Size: 1500}},
 					Manifest: man, Signatures: map[string][]byte{".manifest.sig": sig, ".manifest.sigstore.json": bundle, ".sig": sig}})
@@ -51,8 +51,8 @@ func BenchmarkIndexListNamespace(b *testing.B) {
 			all := func(string) (bool, error) { return true, nil }
 			b.ResetTimer()
 			for b.Loop() {
-				items, _, err := x.List(Query{Namespace: "ns-042", Limit: MaxPageSize}, all)
-				if err != nil || len(items) != n/100 {
+				items, _, err := x.List(Query{Namespace: "ns-0042", Limit: MaxPageSize}, all)
+				if err != nil || len(items) != 100 {
 					b.Fatalf("%d items, %v", len(items), err)
 				}
 			}

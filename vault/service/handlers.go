@@ -1,6 +1,7 @@
 package service
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -140,10 +141,14 @@ func (s *Service) handleList(q *request) error {
 		return err
 	}
 	if items == nil {
-		items = []remote.Checkpoint{}
+		items = []json.RawMessage{}
 	}
 	q.rec.Detail["entries"] = strconv.Itoa(len(items))
-	failure = writeJSON(q.w, remote.CheckpointList{Items: items, Next: next})
+	// remote.CheckpointList, with the entries as the index stores them.
+	failure = writeJSON(q.w, struct {
+		Items []json.RawMessage `json:"items"`
+		Next  string            `json:"next,omitempty"`
+	}{items, next})
 	return failure
 }
 

@@ -364,6 +364,15 @@ func (q *Query) match(e *remote.Checkpoint) bool {
 		(q.Until.IsZero() || t.Before(q.Until))
 }
 
+// entryMeta is the part of an entry the filters read.
+type entryMeta struct {
+	Namespace    string    `json:"namespace"`
+	Pod          string    `json:"pod"`
+	Container    string    `json:"container"`
+	Node         string    `json:"node"`
+	Checkpointed time.Time `json:"checkpointed"`
+}
+
 // errStop ends a bbolt iteration early.
 var errStop = errors.New("stop")
 
@@ -371,9 +380,9 @@ var errStop = errors.New("stop")
 // caller's authorisation, by namespace) is true, in base-key order, and the
 // cursor of the next page ("" when there are no more). It reads the index
 // only.
-func (x *Index) List(q Query, visible func(namespace string) (bool, error)) ([]remote.Checkpoint, string, error) {
-	var out []remote.Checkpoint
-	next := ""
+func (x *Index) List(q Query, visible func(namespace string) (bool, error)) ([]json.RawMessage, string, error) {
+	var out []json.RawMessage
+	next, last := "", ""
 	prefix := []byte(q.keyPrefix())
 	err := x.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketEntries).Cursor()
@@ -399,18 +408,21 @@ func (x *Index) List(q Query, visible func(namespace string) (bool, error)) ([]r
 				k, v = c.Prev()
 				continue
 			}
-			var e remote.Checkpoint
+			// Decode only what the filters need; the entry goes out as
+			// stored (its manifest and signatures are most of its bytes).
+			var e entryMeta
 			if err := json.Unmarshal(v, &e); err != nil {
 				return fmt.Errorf("index entry %s is corrupt (%v); rebuild the index (ckvault serve --rebuild-index, or delete %s)", k, err, x.db.Path())
 			}
-			if !q.match(&e) {
+			if !q.match(&remote.Checkpoint{Namespace: e.Namespace, Pod: e.Pod, Container: e.Container, Node: e.Node, Checkpointed: e.Checkpointed}) {
 				continue
 			}
 			if len(out) == q.Limit {
-				next = out[len(out)-1].Base
+				next = last
 				return errStop
 			}
-			out = append(out, e)
+			out = append(out, bytes.Clone(v))
+			last = string(k)
 		}
 		return nil
 	})
