@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"filippo.io/age"
 
@@ -244,7 +245,13 @@ func TestRange(t *testing.T) {
 			t.Errorf("%s: Content-Range %q, want %q", c.rng, a.hdr.Get("Content-Range"), want)
 		}
 		sum := sha256.Sum256(a.body)
+		// The outcome is recorded after the last byte reaches the client:
+		// wait for it rather than race it.
 		recs := e.records(audit.Filter{Actor: "cert:alice", Action: "fetched", Newest: true, Limit: 1})
+		for deadline := time.Now().Add(5 * time.Second); recs[0].Detail["phase"] != "done" && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+			recs = e.records(audit.Filter{Actor: "cert:alice", Action: "fetched", Newest: true, Limit: 1})
+		}
 		if d := recs[0].Detail; d["phase"] != "done" || d["bytes"] != strconv.Itoa(len(a.body)) || d["sha256"] != hex.EncodeToString(sum[:]) || d["range"] != c.rng {
 			t.Errorf("%s: outcome record %v", c.rng, d)
 		}
