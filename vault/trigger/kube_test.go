@@ -10,6 +10,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/checkpoint-vault/ckvault/internal/kubeapi"
 	"github.com/checkpoint-vault/ckvault/internal/testkube"
 	"github.com/checkpoint-vault/ckvault/internal/testkubelet"
 	"github.com/checkpoint-vault/ckvault/vault/trigger"
@@ -22,6 +23,10 @@ import (
 func TestWithAPIServer(t *testing.T) {
 	c := testkube.New(t)
 	cs := c.Client(t)
+	kc, err := kubeapi.New(c.RestConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	c.GrantCluster(t, "ckvault-checkpoint", []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes/checkpoint"}, Verbs: []string{"create"}}},
 		testkube.User("alice"))
@@ -55,7 +60,7 @@ func TestWithAPIServer(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	loc, err := trigger.Locate(ctx, cs, api, "")
+	loc, err := trigger.Locate(ctx, kc, api, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +75,7 @@ func TestWithAPIServer(t *testing.T) {
 		{trigger.Target{Namespace: api.Namespace, Pod: api.Pod, Container: "nope"}, ""},
 		{api, "node-b"},
 	} {
-		if _, err := trigger.Locate(ctx, cs, tc.t, tc.node); err == nil {
+		if _, err := trigger.Locate(ctx, kc, tc.t, tc.node); err == nil {
 			t.Errorf("Locate(%s, node %q) succeeded", tc.t, tc.node)
 		}
 	}
