@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/checkpoint-vault/ckvault/internal/kubeapi"
 	"github.com/checkpoint-vault/ckvault/internal/testkube"
 	"github.com/checkpoint-vault/ckvault/internal/testkubelet"
 	"github.com/checkpoint-vault/ckvault/vault/trigger"
@@ -26,6 +27,10 @@ import (
 func TestWithAPIServer(t *testing.T) {
 	c := kube(t)
 	cs := c.Client(t)
+	kc, err := kubeapi.New(c.RestConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 
 	kl := startKubelet(t, t.TempDir(), testkubelet.Options{})
@@ -70,7 +75,7 @@ func TestWithAPIServer(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	loc, err := trigger.Locate(ctx, cs, api, "")
+	loc, err := trigger.Locate(ctx, kc, api, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +90,7 @@ func TestWithAPIServer(t *testing.T) {
 		{trigger.Target{Namespace: api.Namespace, Pod: api.Pod, Container: "nope"}, ""},
 		{api, "node-b"},
 	} {
-		if _, err := trigger.Locate(ctx, cs, tc.t, tc.node); err == nil {
+		if _, err := trigger.Locate(ctx, kc, tc.t, tc.node); err == nil {
 			t.Errorf("Locate(%s, node %q) succeeded", tc.t, tc.node)
 		}
 	}
