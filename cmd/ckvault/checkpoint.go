@@ -14,11 +14,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/checkpoint-vault/ckvault/audit/auditsock"
+	"github.com/checkpoint-vault/ckvault/internal/kubeapi"
 	"github.com/checkpoint-vault/ckvault/vault/trigger"
 )
 
@@ -171,13 +170,9 @@ func (o *checkpointOptions) kubeletClient(ctx context.Context, stderr io.Writer,
 		if rc != nil {
 			return rc, nil
 		}
-		rules := clientcmd.NewDefaultClientConfigLoadingRules()
-		if o.kubeconfig != "" {
-			rules.ExplicitPath = o.kubeconfig
-		}
-		c, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: o.kubeContext}).ClientConfig()
+		c, err := kubeapi.Load(o.kubeconfig, o.kubeContext)
 		if err != nil {
-			return nil, fmt.Errorf("loading the kubeconfig: %w; pass --kubeconfig, or --kubelet with --kubelet-ca and --cert/--key or --token-file", err)
+			return nil, fmt.Errorf("%w; pass --kubeconfig, or --kubelet with --kubelet-ca and --cert/--key or --token-file", err)
 		}
 		rc = c
 		return rc, nil
@@ -197,7 +192,7 @@ func (o *checkpointOptions) kubeletClient(ctx context.Context, stderr io.Writer,
 		if err != nil {
 			return nil, err
 		}
-		cs, err := kubernetes.NewForConfig(c)
+		cs, err := kubeapi.New(c)
 		if err != nil {
 			return nil, err
 		}

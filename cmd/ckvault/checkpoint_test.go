@@ -9,7 +9,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	rbacv1 "k8s.io/api/rbac/v1"
+
+	"github.com/checkpoint-vault/ckvault/internal/testkube"
 	"github.com/checkpoint-vault/ckvault/internal/testkubelet"
 )
 
@@ -26,12 +30,19 @@ func TestCheckpointCommand(t *testing.T) {
 		t.Fatalf("%v\n%s", err, devErr.String())
 	}
 	defer func() { cancel(); <-h.Done }()
+	// The kubelet stand-in authenticates and authorises through a real
+	// API server; the responder is a service account allowed only create
+	// on nodes/checkpoint, with a token for the API server's audience
+	// (what `kubectl create token` gives).
+	c := testkube.Shared(t)
+	ns := c.Namespace(t)
+	c.ServiceAccount(t, ns, "responder")
+	c.GrantCluster(t, ns+"-checkpoint", []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes/checkpoint"}, Verbs: []string{"create"}}},
+		testkube.SA(ns, "responder"))
 	k := testkubelet.Start(t, testkubelet.Options{Node: h.Config.Node, CheckpointsDir: h.Config.CheckpointsDir,
-		Pods:       map[string][]string{"payments/api-0": {"server"}},
-		Tokens:     map[string]testkubelet.User{"tok": {Name: "alice"}},
-		Authorizer: testkubelet.Allow{"alice": true}})
+		Pods: map[string][]string{"payments/api-0": {"server"}}, API: c.Client(t)})
 	tok := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tok, []byte("tok\n"), 0o600); err != nil {
+	if err := os.WriteFile(tok, []byte(c.Token(t, ns, "responder", testkube.APIAudience, time.Hour)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("XDG_CACHE_HOME", t.TempDir()) // the lock directory
@@ -59,13 +70,16 @@ func TestCheckpointCommand(t *testing.T) {
 		t.Fatalf("fetch %s: %v\n%s", id, err, stderr)
 	}
 
-	// A refused token is one clear line, and nothing is waited for.
-	if err := os.WriteFile(tok, []byte("unknown\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	_, _, err = runCmd(t, args...)
-	if err == nil || !strings.Contains(err.Error(), "401") || strings.Contains(err.Error(), "\n") {
-		t.Errorf("unknown token: %v", err)
+	// A refused token — unknown, or the same account's expired — is one
+	// clear line, and nothing is waited for.
+	for name, bad := range map[string]string{"unknown": "unknown", "expired": c.ExpiredToken(t, ns, "responder", testkube.APIAudience)} {
+		if err := os.WriteFile(tok, []byte(bad+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err = runCmd(t, args...)
+		if err == nil || !strings.Contains(err.Error(), "401") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s token: %v", name, err)
+		}
 	}
 	// Usage errors.
 	for _, a := range [][]string{

@@ -27,13 +27,17 @@
 package testkube
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net"
@@ -59,6 +63,11 @@ import (
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 	"github.com/checkpoint-vault/ckvault/internal/testtools"
 )
+
+// APIAudience is the API server's own audience (its service-account
+// issuer): what a token needs for the API server itself and for a kubelet,
+// whose webhook authenticator sends TokenReviews without audiences.
+const APIAudience = "https://kubernetes.default.svc"
 
 // Cluster is one running etcd + kube-apiserver pair.
 type Cluster struct {
@@ -267,7 +276,7 @@ func start(etcdBin, apiBin string) (*Cluster, error) {
 			"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
 			// Required with a loopback advertise address.
 			"--endpoint-reconciler-type=none",
-			"--service-account-issuer=https://kubernetes.default.svc",
+			"--service-account-issuer=" + APIAudience,
 			"--service-account-key-file=" + saPub, "--service-account-signing-key-file=" + saKey,
 			"--authorization-mode=RBAC", "--token-auth-file=" + tokens,
 			"--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
@@ -463,6 +472,71 @@ func (c *Cluster) Token(tb testing.TB, ns, name, audience string, ttl time.Durat
 		tb.Fatalf("token for %s/%s (audience %s): %v", ns, name, audience, err)
 	}
 	return resp.Status.Token
+}
+
+// ExpiredToken returns a token of the service account ns/name for audience
+// that expired a minute ago. The API server will not issue one (its minimum
+// lifetime is ten minutes), so this takes a token it issued and re-signs
+// it with the cluster's service-account signing key after moving its
+// times into the past: every other claim, and the header (kid), are the
+// API server's own. Resign with the times unchanged authenticates, which
+// shows that expiry is the only defect of an ExpiredToken.
+func (c *Cluster) ExpiredToken(tb testing.TB, ns, name, audience string) string {
+	tb.Helper()
+	now := time.Now().Unix()
+	return c.Resign(tb, c.Token(tb, ns, name, audience, time.Hour), func(claims map[string]any) {
+		claims["iat"], claims["nbf"], claims["exp"] = now-3600, now-3600, now-60
+	})
+}
+
+// Resign decodes a token the API server issued, lets edit change its
+// claims, and signs it again with the cluster's service-account key (ES256).
+func (c *Cluster) Resign(tb testing.TB, token string, edit func(claims map[string]any)) string {
+	tb.Helper()
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		tb.Fatalf("token is not a JWS in compact form (%d parts)", len(parts))
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		tb.Fatalf("token payload: %v", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	claims := map[string]any{}
+	if err := dec.Decode(&claims); err != nil {
+		tb.Fatalf("token claims: %v", err)
+	}
+	if edit != nil {
+		edit(claims)
+	}
+	payload, err := json.Marshal(claims)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pemBytes, err := os.ReadFile(filepath.Join(c.Dir, "sa.key"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	blk, _ := pem.Decode(pemBytes)
+	if blk == nil {
+		tb.Fatalf("%s holds no PEM block", filepath.Join(c.Dir, "sa.key"))
+	}
+	key, err := x509.ParseECPrivateKey(blk.Bytes)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	signed := parts[0] + "." + base64.RawURLEncoding.EncodeToString(payload)
+	digest := sha256.Sum256([]byte(signed))
+	r, s, err := ecdsa.Sign(rand.Reader, key, digest[:])
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// JWS ES256: R and S, each as 32 big-endian bytes (RFC 7518 §3.4).
+	sig := make([]byte, 64)
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	return signed + "." + base64.RawURLEncoding.EncodeToString(sig)
 }
 
 // SA is the RBAC subject for service account ns/name.

@@ -107,3 +107,30 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// TestExpiredToken: a token re-signed with its claims unchanged still
+// authenticates (so Resign reproduces the API server's signature), and the
+// ExpiredToken of the same account does not, for expiry.
+func TestExpiredToken(t *testing.T) {
+	c := Shared(t)
+	ns := c.Namespace(t)
+	c.ServiceAccount(t, ns, "bob")
+	cs := c.Client(t)
+	review := func(token string) authenticationv1.TokenReviewStatus {
+		t.Helper()
+		tr, err := cs.AuthenticationV1().TokenReviews().Create(context.Background(), &authenticationv1.TokenReview{
+			Spec: authenticationv1.TokenReviewSpec{Token: token},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("TokenReview: %v", err)
+		}
+		return tr.Status
+	}
+	resigned := c.Resign(t, c.Token(t, ns, "bob", APIAudience, time.Hour), nil)
+	if st := review(resigned); !st.Authenticated || st.User.Username != "system:serviceaccount:"+ns+":bob" {
+		t.Fatalf("re-signed token: authenticated=%v user=%q error=%q", st.Authenticated, st.User.Username, st.Error)
+	}
+	if st := review(c.ExpiredToken(t, ns, "bob", APIAudience)); st.Authenticated || !strings.Contains(st.Error, "expired") {
+		t.Fatalf("expired token: authenticated=%v error=%q, want an expiry error", st.Authenticated, st.Error)
+	}
+}

@@ -10,10 +10,12 @@
 //     the ContainerCheckpoint feature gate is on; otherwise the route does
 //     not exist and the answer is go-restful's 404 page;
 //   - authentication by client certificate (verified against the client
-//     CA) or bearer token, else 401 "Unauthorized"; authorisation of verb
-//     create on nodes/checkpoint of this node (an Authorizer: the real API
-//     server's SubjectAccessReview, or a fixed table), else 403
-//     "Forbidden (user=…, verb=create, resource=nodes, subresource=checkpoint)";
+//     CA) or by bearer token through a TokenReview against the real API
+//     server (webhook authentication: no table of tokens, so expiry,
+//     audience and revocation are the API server's), else 401
+//     "Unauthorized"; authorisation of verb create on nodes/checkpoint of
+//     this node through a SubjectAccessReview (webhook authorisation), else
+//     403 "Forbidden (user=…, verb=create, resource=nodes, subresource=checkpoint)";
 //   - 404 "pod does not exist", 404 "container X does not exist", 404
 //     "cannot parse value of timeout parameter" (sic: the kubelet answers
 //     404 to a bad timeout); the last timeout value wins;
@@ -52,6 +54,7 @@ import (
 	"testing"
 	"time"
 
+	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -60,42 +63,55 @@ import (
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 )
 
-// User is an authenticated caller.
+// User is an authenticated caller, as the kubelet's authenticator returns
+// it and its authoriser sends it on in a SubjectAccessReview.
 type User struct {
 	Name   string
+	UID    string
 	Groups []string
+	Extra  map[string]authzv1.ExtraValue
 }
 
-// Authorizer decides whether user may create nodes/checkpoint on node.
-type Authorizer interface {
-	Authorize(ctx context.Context, u User, node string) (allowed bool, reason string, err error)
+// authenticateToken is the kubelet's webhook token authenticator
+// (--authentication-token-webhook, what kubeadm and every managed cluster
+// configure): a TokenReview of the bearer token against the API server.
+// The kubelet sets no audiences, so the API server checks the token
+// against its own (--api-audiences, by default the service-account
+// issuer): a token minted for another audience is refused, as a real
+// kubelet refuses it.
+func authenticateToken(ctx context.Context, api kubernetes.Interface, token string) (User, bool, error) {
+	tr, err := api.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{
+		Spec: authnv1.TokenReviewSpec{Token: token},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return User{}, false, err
+	}
+	if !tr.Status.Authenticated {
+		return User{}, false, nil
+	}
+	u := tr.Status.User
+	extra := map[string]authzv1.ExtraValue{}
+	for k, v := range u.Extra {
+		extra[k] = authzv1.ExtraValue(v)
+	}
+	return User{Name: u.Username, UID: u.UID, Groups: u.Groups, Extra: extra}, true, nil
 }
 
-// SubjectAccessReview authorises as a kubelet in webhook mode does: it asks
-// the API server with a SubjectAccessReview for verb create on resource
-// nodes, subresource checkpoint, name node.
-type SubjectAccessReview struct{ Client kubernetes.Interface }
-
-// Authorize implements Authorizer.
-func (s SubjectAccessReview) Authorize(ctx context.Context, u User, node string) (bool, string, error) {
-	sar, err := s.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{
+// authorize is the kubelet's webhook authoriser (--authorization-mode
+// Webhook): a SubjectAccessReview for verb create on resource nodes,
+// subresource checkpoint, name node — so only RBAC decides, and
+// nodes/proxy does not stand in for nodes/checkpoint.
+func authorize(ctx context.Context, api kubernetes.Interface, u User, verb, node string) (bool, error) {
+	sar, err := api.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{
 		Spec: authzv1.SubjectAccessReviewSpec{
-			User: u.Name, Groups: u.Groups,
-			ResourceAttributes: &authzv1.ResourceAttributes{Verb: "create", Resource: "nodes", Subresource: "checkpoint", Name: node},
+			User: u.Name, UID: u.UID, Groups: u.Groups, Extra: u.Extra,
+			ResourceAttributes: &authzv1.ResourceAttributes{Verb: verb, Resource: "nodes", Subresource: "checkpoint", Name: node},
 		},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return false, "", err
+		return false, err
 	}
-	return sar.Status.Allowed, sar.Status.Reason, nil
-}
-
-// Allow is a fixed authoriser: the named users may checkpoint.
-type Allow map[string]bool
-
-// Authorize implements Authorizer.
-func (a Allow) Authorize(_ context.Context, u User, _ string) (bool, string, error) {
-	return a[u.Name], "", nil
+	return sar.Status.Allowed, nil
 }
 
 // Options configure a Kubelet.
@@ -108,11 +124,12 @@ type Options struct {
 	Pods map[string][]string
 	// FeatureGateOff leaves the checkpoint route out.
 	FeatureGateOff bool
-	// Tokens maps bearer tokens to users (what the kubelet's webhook
-	// authenticator would learn from a TokenReview).
-	Tokens map[string]User
-	// Authorizer decides; nil allows nobody.
-	Authorizer Authorizer
+	// API is the API server the kubelet delegates to: bearer tokens are
+	// authenticated with a TokenReview and every request is authorised
+	// with a SubjectAccessReview, as a kubelet with webhook authentication
+	// and authorisation does. Required (internal/testkube runs a real one);
+	// the identity needs create on tokenreviews and subjectaccessreviews.
+	API kubernetes.Interface
 	// RuntimeRequestTimeout is the kubelet's --runtime-request-timeout
 	// (default 2m): the runtime gets at least this long, whatever timeout
 	// the request asks for.
@@ -155,6 +172,9 @@ type Request struct {
 // Start runs a stand-in until the test ends.
 func Start(tb testing.TB, opts Options) *Kubelet {
 	tb.Helper()
+	if opts.API == nil {
+		tb.Fatal("testkubelet: Options.API is nil; give it a client of the test API server (internal/testkube), which authenticates and authorises for the kubelet")
+	}
 	dir := tb.TempDir()
 	ca, err := testservers.NewCA(dir, "testkubelet")
 	if err != nil {
@@ -222,9 +242,11 @@ func writeError(w http.ResponseWriter, status int, msg string) int {
 }
 
 func (k *Kubelet) handle(w http.ResponseWriter, r *http.Request, rec *Request) int {
-	// The auth filter runs before routing, for every path.
-	u, ok := k.authenticate(r)
-	if !ok {
+	// The auth filter runs before routing, for every path. An error of
+	// the authenticator is a 401 as well (server.go logs it and answers
+	// "Unauthorized").
+	u, ok, err := k.authenticate(r)
+	if err != nil || !ok {
 		return writeError(w, http.StatusUnauthorized, "Unauthorized")
 	}
 	rec.User = u.Name
@@ -235,17 +257,11 @@ func (k *Kubelet) handle(w http.ResponseWriter, r *http.Request, rec *Request) i
 	// auth.go: the verb comes from the method (POST → create), the
 	// subresource from the path's first segment.
 	verb := map[string]string{http.MethodPost: "create", http.MethodGet: "get", http.MethodPut: "update", http.MethodDelete: "delete"}[r.Method]
-	allowed := false
-	reason := ""
-	var err error
-	if k.opts.Authorizer != nil {
-		allowed, reason, err = k.opts.Authorizer.Authorize(r.Context(), u, k.Node)
-	}
+	allowed, err := authorize(r.Context(), k.opts.API, u, verb, k.Node)
 	if err != nil {
 		return writeError(w, http.StatusInternalServerError, fmt.Sprintf("Authorization error (user=%s, verb=%s, resource=%s, subresource=%s)", u.Name, verb, "nodes", "checkpoint"))
 	}
-	_ = reason
-	if !allowed || verb != "create" {
+	if !allowed {
 		return writeError(w, http.StatusForbidden, fmt.Sprintf("Forbidden (user=%s, verb=%s, resource=%s, subresource=%s)", u.Name, verb, "nodes", "checkpoint"))
 	}
 	if k.opts.FeatureGateOff || len(parts) != 4 || r.Method != http.MethodPost {
@@ -282,17 +298,18 @@ func (k *Kubelet) handle(w http.ResponseWriter, r *http.Request, rec *Request) i
 	return http.StatusOK
 }
 
-func (k *Kubelet) authenticate(r *http.Request) (User, bool) {
+// authenticate is the kubelet's union authenticator: a client certificate
+// verified against its client CA first, then a bearer token through the
+// API server.
+func (k *Kubelet) authenticate(r *http.Request) (User, bool, error) {
 	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
 		c := r.TLS.PeerCertificates[0]
-		return User{Name: c.Subject.CommonName, Groups: c.Subject.Organization}, true
+		return User{Name: c.Subject.CommonName, Groups: c.Subject.Organization}, true, nil
 	}
-	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-		if u, ok := k.opts.Tokens[tok]; ok {
-			return u, true
-		}
+	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && tok != "" {
+		return authenticateToken(r.Context(), k.opts.API, tok)
 	}
-	return User{}, false
+	return User{}, false, nil
 }
 
 // runtimeCheckpoint is the container runtime's part: it writes the archive

@@ -28,7 +28,10 @@ import (
 // `ckvault fetch` to a file, then stock `crane append` of that tar. The
 // registry runs in a child process, so peak-RSS-MiB (VmHWM of this process,
 // reset before each contender with /proc/self/clear_refs) is the client's
-// alone.
+// alone. This is the library in process, on the file store with test keys;
+// BenchmarkRestore1GiB in cmd/ckvault measures the shipped binary in the
+// default configuration (keygen keys, MinIO over TLS), whose figures the
+// README quotes.
 //
 //	go test -run XXX -bench Restore -benchtime 1x ./vault/restore
 func BenchmarkRestore(b *testing.B) {

@@ -7,11 +7,9 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	authnclient "k8s.io/client-go/kubernetes/typed/authentication/v1"
-	authzclient "k8s.io/client-go/kubernetes/typed/authorization/v1"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/checkpoint-vault/ckvault/internal/kubeapi"
 	"github.com/checkpoint-vault/ckvault/policy"
 )
 
@@ -19,13 +17,13 @@ import (
 // in-cluster configuration when it is empty.
 func KubeConfig(kubeconfig string) (*rest.Config, error) {
 	if kubeconfig == "" {
-		c, err := rest.InClusterConfig()
+		c, err := kubeapi.InCluster()
 		if err != nil {
 			return nil, fmt.Errorf("serve.kubernetes: no kubeconfig given and not running in a cluster (%v); set serve.kubernetes.kubeconfig", err)
 		}
 		return c, nil
 	}
-	c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	c, err := kubeapi.Load(kubeconfig, "")
 	if err != nil {
 		return nil, fmt.Errorf("serve.kubernetes.kubeconfig %s: %w", kubeconfig, err)
 	}
@@ -34,23 +32,25 @@ func KubeConfig(kubeconfig string) (*rest.Config, error) {
 
 // KubeTokenReviewer checks bearer tokens with TokenReview for Audience.
 type KubeTokenReviewer struct {
-	Client   authnclient.TokenReviewInterface
+	Client   *kubeapi.Client
 	Audience string
 }
 
 // NewKubeTokenReviewer builds a reviewer from a client configuration.
 func NewKubeTokenReviewer(cfg *rest.Config, audience string) (*KubeTokenReviewer, error) {
-	c, err := authnclient.NewForConfig(cfg)
+	c, err := kubeapi.New(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &KubeTokenReviewer{Client: c.TokenReviews(), Audience: audience}, nil
+	return &KubeTokenReviewer{Client: c, Audience: audience}, nil
 }
 
 func (k *KubeTokenReviewer) Review(ctx context.Context, token string) (Identity, bool, string, error) {
-	tr, err := k.Client.Create(ctx, &authenticationv1.TokenReview{
-		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{k.Audience}},
-	}, metav1.CreateOptions{})
+	tr := new(authenticationv1.TokenReview)
+	err := k.Client.Create(ctx, "/apis/authentication.k8s.io/v1/tokenreviews", &authenticationv1.TokenReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "authentication.k8s.io/v1", Kind: "TokenReview"},
+		Spec:     authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{k.Audience}},
+	}, tr)
 	if err != nil {
 		return Identity{}, false, "", fmt.Errorf("TokenReview: %w (the service needs create on tokenreviews.authentication.k8s.io)", err)
 	}
@@ -73,27 +73,29 @@ func (k *KubeTokenReviewer) Review(ctx context.Context, token string) (Identity,
 // SARAuthorizer asks Kubernetes with a SubjectAccessReview on the virtual
 // resource of the verb (policy.ServeVerbs) in group policy.KubeGroup.
 type SARAuthorizer struct {
-	Client authzclient.SubjectAccessReviewInterface
+	Client *kubeapi.Client
 }
 
 // NewSARAuthorizer builds the authoriser from a client configuration.
 func NewSARAuthorizer(cfg *rest.Config) (*SARAuthorizer, error) {
-	c, err := authzclient.NewForConfig(cfg)
+	c, err := kubeapi.New(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &SARAuthorizer{Client: c.SubjectAccessReviews()}, nil
+	return &SARAuthorizer{Client: c}, nil
 }
 
 func (a *SARAuthorizer) Authorize(ctx context.Context, id Identity, verb policy.ServeVerb, namespace string) (Decision, error) {
-	r, err := a.Client.Create(ctx, &authorizationv1.SubjectAccessReview{
+	r := new(authorizationv1.SubjectAccessReview)
+	err := a.Client.Create(ctx, "/apis/authorization.k8s.io/v1/subjectaccessreviews", &authorizationv1.SubjectAccessReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "authorization.k8s.io/v1", Kind: "SubjectAccessReview"},
 		Spec: authorizationv1.SubjectAccessReviewSpec{
 			User: id.User, Groups: id.Groups, UID: id.UID,
 			ResourceAttributes: &authorizationv1.ResourceAttributes{
 				Namespace: namespace, Verb: verb.KubeVerb, Group: policy.KubeGroup, Resource: verb.Resource,
 			},
 		},
-	}, metav1.CreateOptions{})
+	}, r)
 	if err != nil {
 		return Decision{}, fmt.Errorf("SubjectAccessReview: %w (the service needs create on subjectaccessreviews.authorization.k8s.io)", err)
 	}

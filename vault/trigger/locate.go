@@ -8,9 +8,8 @@ import (
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+
+	"github.com/checkpoint-vault/ckvault/internal/kubeapi"
 )
 
 // DefaultKubeletPort is the kubelet's authenticated port.
@@ -27,8 +26,9 @@ type Located struct {
 // the port the kubelet reports in status.daemonEndpoints). It needs get on
 // pods in the namespace and on nodes. node, when not empty, is used
 // instead of the pod's, but must match it if the pod can be read.
-func Locate(ctx context.Context, kube kubernetes.Interface, t Target, node string) (Located, error) {
-	pod, err := kube.CoreV1().Pods(t.Namespace).Get(ctx, t.Pod, metav1.GetOptions{})
+func Locate(ctx context.Context, kube *kubeapi.Client, t Target, node string) (Located, error) {
+	pod := new(corev1.Pod)
+	err := kube.Get(ctx, "/api/v1/namespaces/"+url.PathEscape(t.Namespace)+"/pods/"+url.PathEscape(t.Pod), pod)
 	switch {
 	case err == nil:
 		if pod.Spec.NodeName == "" {
@@ -41,13 +41,13 @@ func Locate(ctx context.Context, kube kubernetes.Interface, t Target, node strin
 		if !hasContainer(pod, t.Container) {
 			return Located{}, fmt.Errorf("pod %s/%s has no container %q (it has %v)", t.Namespace, t.Pod, t.Container, containerNames(pod))
 		}
-	case apierrors.IsNotFound(err):
+	case kubeapi.IsNotFound(err):
 		return Located{}, fmt.Errorf("pod %s/%s does not exist", t.Namespace, t.Pod)
 	case node == "":
 		return Located{}, fmt.Errorf("reading pod %s/%s to find its node: %w; pass --node NODE (or --kubelet URL) if you may not read pods", t.Namespace, t.Pod, err)
 	}
-	n, err := kube.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-	if err != nil {
+	n := new(corev1.Node)
+	if err := kube.Get(ctx, "/api/v1/nodes/"+url.PathEscape(node), n); err != nil {
 		return Located{}, fmt.Errorf("reading node %s for its kubelet's address: %w; pass --kubelet https://HOST:10250 if you may not read nodes", node, err)
 	}
 	host := ""

@@ -13,14 +13,19 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"filippo.io/age"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/audit/auditsock"
 	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
+	"github.com/checkpoint-vault/ckvault/internal/testkube"
 	"github.com/checkpoint-vault/ckvault/internal/testkubelet"
 	"github.com/checkpoint-vault/ckvault/internal/testvault"
 	"github.com/checkpoint-vault/ckvault/policy"
@@ -44,10 +49,65 @@ type node struct {
 	dir     string
 }
 
-const (
-	tokAlice   = "token-of-alice"   // may checkpoint
-	tokMallory = "token-of-mallory" // authenticated, not authorised
+func TestMain(m *testing.M) { os.Exit(testkube.Main(m)) }
+
+// The identities of the tests, real service accounts of the shared test
+// API server (set by kube): bearer tokens the kubelet stand-in
+// authenticates with a TokenReview and authorises with a
+// SubjectAccessReview, as a kubelet does.
+var (
+	kubeOnce   sync.Once
+	kubeAPI    kubernetes.Interface // the kubelet's own client: system:auth-delegator only
+	kubeNS     string
+	tokAlice   string // ir/alice: create on nodes/checkpoint
+	tokMallory string // ir/mallory: nodes/proxy, not nodes/checkpoint
 )
+
+// kube starts (once) the shared API server and makes the service accounts:
+// alice bound to create on nodes/checkpoint (and the user alice, for
+// client certificates), mallory to everything on
+// nodes/proxy (which must not be enough), and the kubelet's own account
+// with system:auth-delegator (create tokenreviews and
+// subjectaccessreviews, what a kubelet's node identity may do).
+func kube(t *testing.T) *testkube.Cluster {
+	t.Helper()
+	c := testkube.Shared(t)
+	kubeOnce.Do(func() {
+		kubeNS = c.Namespace(t)
+		for _, sa := range []string{"alice", "mallory", "kubelet"} {
+			c.ServiceAccount(t, kubeNS, sa)
+		}
+		c.GrantCluster(t, kubeNS+"-checkpoint", []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes/checkpoint"}, Verbs: []string{"create"}}},
+			testkube.SA(kubeNS, "alice"), testkube.User("alice"))
+		c.GrantCluster(t, kubeNS+"-node-proxy", []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes/proxy"}, Verbs: []string{"*"}}},
+			testkube.SA(kubeNS, "mallory"))
+		bindClusterRole(t, c, kubeNS+"-kubelet-auth", "system:auth-delegator", testkube.SA(kubeNS, "kubelet"))
+		tokAlice = c.Token(t, kubeNS, "alice", testkube.APIAudience, time.Hour)
+		tokMallory = c.Token(t, kubeNS, "mallory", testkube.APIAudience, time.Hour)
+		cs, err := kubernetes.NewForConfig(c.RestConfigFor(c.Token(t, kubeNS, "kubelet", testkube.APIAudience, time.Hour)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		kubeAPI = cs
+	})
+	if kubeAPI == nil {
+		t.Fatal("setting up the test service accounts failed in an earlier test")
+	}
+	return c
+}
+
+// bindClusterRole binds an existing cluster role to subjects.
+func bindClusterRole(t *testing.T, c *testkube.Cluster, name, role string, subjects ...rbacv1.Subject) {
+	t.Helper()
+	_, err := c.Client(t).RbacV1().ClusterRoleBindings().Create(context.Background(), &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
+		Subjects:   subjects,
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("bind %s to %s: %v", role, name, err)
+	}
+}
 
 func newNode(t *testing.T, kopts testkubelet.Options) *node {
 	t.Helper()
@@ -116,15 +176,13 @@ audit:
 }
 
 // startKubelet runs a stand-in for node-a writing into ck, with the test
-// pods, tokens and authorisation unless opts sets them.
+// pods unless opts sets them, delegating authentication and authorisation
+// to the shared API server.
 func startKubelet(t *testing.T, ck string, kopts testkubelet.Options) *testkubelet.Kubelet {
-	kopts.Node, kopts.CheckpointsDir = "node-a", ck
+	kube(t)
+	kopts.Node, kopts.CheckpointsDir, kopts.API = "node-a", ck, kubeAPI
 	if kopts.Pods == nil {
 		kopts.Pods = map[string][]string{"payments/api-0": {"server", "sidecar"}, "kube-system/dns-0": {"coredns"}}
-	}
-	kopts.Tokens = map[string]testkubelet.User{tokAlice: {Name: "alice"}, tokMallory: {Name: "mallory"}}
-	if kopts.Authorizer == nil {
-		kopts.Authorizer = testkubelet.Allow{"alice": true}
 	}
 	return testkubelet.Start(t, kopts)
 }
@@ -241,6 +299,8 @@ func TestKubeletAnswers(t *testing.T) {
 		says   string
 	}{
 		{"401 unknown token", n.client(t, "no-such-token"), api, nil, trigger.ErrUnauthorized, "--token-file"},
+		{"401 expired token", n.client(t, kube(t).ExpiredToken(t, kubeNS, "alice", testkube.APIAudience)), api, nil, trigger.ErrUnauthorized, "--token-file"},
+		{"401 token for another audience", n.client(t, kube(t).Token(t, kubeNS, "alice", "vault", time.Hour)), api, nil, trigger.ErrUnauthorized, "--token-file"},
 		{"401 no credentials", n.client(t, ""), api, nil, trigger.ErrUnauthorized, "client certificate"},
 		{"403", n.client(t, tokMallory), api, nil, trigger.ErrForbidden, "create on nodes/checkpoint"},
 		{"404 pod", n.client(t, tokAlice), trigger.Target{Namespace: "payments", Pod: "gone-0", Container: "server"}, nil, trigger.ErrNotFound, "pod does not exist"},

@@ -395,28 +395,16 @@ type object struct {
 
 func (o *object) Info() store.ObjectInfo { return o.info }
 
-// List returns one page of keys under prefix in lexical order. It walks the
-// directory holding the prefix and sorts, so a page costs time linear in the
-// number of objects under that directory: fine for the thousands of objects
-// a node keeps locally, not meant for millions.
-func (s *Store) List(ctx context.Context, prefix, startAfter string, limit int) ([]store.ObjectInfo, string, error) {
-	if err := store.ValidPrefix(prefix); err != nil {
-		return nil, "", err
-	}
-	if limit <= 0 {
-		limit = defaultPageSize
-	}
-	// Walk only the deepest directory the prefix names.
+// keysUnder returns the keys under prefix after startAfter, sorted. It
+// walks only the deepest directory the prefix names, and skips uploads in
+// progress.
+func (s *Store) keysUnder(ctx context.Context, prefix, startAfter string) ([]string, error) {
 	base := ""
 	if i := strings.LastIndex(prefix, "/"); i >= 0 {
 		base = prefix[:i]
 	}
-	walkRoot := s.dataDir()
-	if base != "" {
-		walkRoot = filepath.Join(walkRoot, filepath.FromSlash(base))
-	}
 	var keys []string
-	err := filepath.WalkDir(walkRoot, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(filepath.Join(s.dataDir(), filepath.FromSlash(base)), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 				return nil
@@ -433,16 +421,30 @@ func (s *Store) List(ctx context.Context, prefix, startAfter string, limit int) 
 		if err != nil {
 			return err
 		}
-		key := filepath.ToSlash(rel)
-		if strings.HasPrefix(key, prefix) && key > startAfter {
+		if key := filepath.ToSlash(rel); strings.HasPrefix(key, prefix) && key > startAfter {
 			keys = append(keys, key)
 		}
 		return nil
 	})
+	sort.Strings(keys)
+	return keys, err
+}
+
+// List returns one page of keys under prefix in lexical order. It walks the
+// directory holding the prefix and sorts, so a page costs time linear in the
+// number of objects under that directory: fine for the thousands of objects
+// a node keeps locally, not meant for millions.
+func (s *Store) List(ctx context.Context, prefix, startAfter string, limit int) ([]store.ObjectInfo, string, error) {
+	if err := store.ValidPrefix(prefix); err != nil {
+		return nil, "", err
+	}
+	if limit <= 0 {
+		limit = defaultPageSize
+	}
+	keys, err := s.keysUnder(ctx, prefix, startAfter)
 	if err != nil {
 		return nil, "", fmt.Errorf("file store %s: list %q: %v", s.root, prefix, err)
 	}
-	sort.Strings(keys)
 	next := ""
 	if len(keys) > limit {
 		keys = keys[:limit]

@@ -7,8 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"syscall"
 	"time"
 
@@ -25,38 +23,10 @@ func (s *Store) ListVersions(ctx context.Context, prefix string, fn func(store.V
 	if err := store.ValidPrefix(prefix); err != nil {
 		return err
 	}
-	base := ""
-	if i := strings.LastIndex(prefix, "/"); i >= 0 {
-		base = prefix[:i]
-	}
-	walkRoot := filepath.Join(s.dataDir(), filepath.FromSlash(base))
-	var keys []string
-	err := filepath.WalkDir(walkRoot, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
-				return nil
-			}
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if !d.Type().IsRegular() || strings.HasPrefix(d.Name(), tmpPrefix) {
-			return nil
-		}
-		rel, err := filepath.Rel(s.dataDir(), p)
-		if err != nil {
-			return err
-		}
-		if key := filepath.ToSlash(rel); strings.HasPrefix(key, prefix) {
-			keys = append(keys, key)
-		}
-		return nil
-	})
+	keys, err := s.keysUnder(ctx, prefix, "")
 	if err != nil {
 		return fmt.Errorf("file store %s: list versions under %q: %v", s.root, prefix, err)
 	}
-	sort.Strings(keys)
 	for _, k := range keys {
 		st, err := os.Lstat(s.dataPath(k))
 		if errors.Is(err, fs.ErrNotExist) {
