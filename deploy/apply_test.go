@@ -85,8 +85,8 @@ func create(ctx context.Context, cs kubernetes.Interface, o object) error {
 		_, err = cs.CoreV1().PersistentVolumeClaims(v.Namespace).Create(ctx, v, opts)
 	case *appsv1.DaemonSet:
 		_, err = cs.AppsV1().DaemonSets(v.Namespace).Create(ctx, v, opts)
-	case *appsv1.Deployment:
-		_, err = cs.AppsV1().Deployments(v.Namespace).Create(ctx, v, opts)
+	case *appsv1.StatefulSet:
+		_, err = cs.AppsV1().StatefulSets(v.Namespace).Create(ctx, v, opts)
 	case *batchv1.CronJob:
 		_, err = cs.BatchV1().CronJobs(v.Namespace).Create(ctx, v, opts)
 	case *rbacv1.ClusterRole:

@@ -126,6 +126,7 @@ func TestBucketPolicies(t *testing.T) {
 		o.Close()
 	}
 	allowed("service exports its audit segment", put(service, "audit/ckvault-service/00000000000000000001-00000000000000000002.jsonl", store.Retention{}))
+	allowed("a service replica exports its own trail", put(service, "audit/ckvault-service-1/00000000000000000001-00000000000000000002.jsonl", store.Retention{}))
 	denied("service puts a checkpoint", put(service, "payments/api-0/api/20261130T120000Z-ckvault-service-0123456789ab.tar.age", store.Retention{}))
 	denied("service puts a node's audit segment", put(service, "audit/node-a/00000000000000000003-00000000000000000004.jsonl", store.Retention{}))
 	denied("service deletes", service.DeleteVersion(ctx, own+".manifest.json", vManifest, store.DeleteOptions{}))

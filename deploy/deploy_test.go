@@ -112,8 +112,8 @@ func TestOverlaysBuild(t *testing.T) {
 		"node": {"ConfigMap ckvault-system/ckvault-config", "DaemonSet ckvault-system/ckvault",
 			"NetworkPolicy ckvault-system/ckvault-node", "ServiceAccount ckvault-system/ckvault-node"},
 		"service": {"ClusterRole /ckvault-service", "ClusterRoleBinding /ckvault-service", "ConfigMap ckvault/ckvault-service-config",
-			"Deployment ckvault/ckvault-service", "NetworkPolicy ckvault/ckvault-service", "PersistentVolumeClaim ckvault/ckvault-service-state",
-			"Service ckvault/ckvault", "ServiceAccount ckvault/ckvault-service"},
+			"NetworkPolicy ckvault/ckvault-service", "Service ckvault/ckvault", "ServiceAccount ckvault/ckvault-service",
+			"StatefulSet ckvault/ckvault-service"},
 		"gc": {"ConfigMap ckvault/ckvault-gc-config", "CronJob ckvault/ckvault-gc", "NetworkPolicy ckvault/ckvault-gc",
 			"PersistentVolumeClaim ckvault/ckvault-gc-state", "ServiceAccount ckvault/ckvault-gc"},
 	}
@@ -139,7 +139,7 @@ func podSpecOf(o object) (*metav1.ObjectMeta, *corev1.PodSpec) {
 	switch v := o.obj.(type) {
 	case *appsv1.DaemonSet:
 		return &v.Spec.Template.ObjectMeta, &v.Spec.Template.Spec
-	case *appsv1.Deployment:
+	case *appsv1.StatefulSet:
 		return &v.Spec.Template.ObjectMeta, &v.Spec.Template.Spec
 	case *batchv1.CronJob:
 		return &v.Spec.JobTemplate.Spec.Template.ObjectMeta, &v.Spec.JobTemplate.Spec.Template.Spec
@@ -191,7 +191,7 @@ func TestEmbeddedConfigs(t *testing.T) {
 				t.Errorf("gc config has no global retention policy")
 			}
 		case "ckvault-service-config":
-			if cfg.Node != "ckvault-service" || cfg.Serve == nil || cfg.Serve.Kubernetes == nil || !cfg.Serve.Kubernetes.Authorize {
+			if cfg.Node != "node-from-env" || cfg.Serve == nil || cfg.Serve.Kubernetes == nil || !cfg.Serve.Kubernetes.Authorize {
 				t.Errorf("service config: node %q, serve %+v; want SubjectAccessReview authorisation", cfg.Node, cfg.Serve)
 			}
 		}
@@ -240,6 +240,9 @@ func TestPodSecurity(t *testing.T) {
 			checkNodeDaemon(t, o.obj.(*appsv1.DaemonSet))
 			continue
 		}
+		if ss, ok := o.obj.(*appsv1.StatefulSet); ok {
+			checkService(t, ss)
+		}
 		if nsLevel[o.namespace] != "restricted" {
 			t.Errorf("%s runs in namespace %s enforcing %q, want restricted", o.id(), o.namespace, nsLevel[o.namespace])
 		}
@@ -277,6 +280,27 @@ func checkNodeDaemon(t *testing.T, ds *appsv1.DaemonSet) {
 	if c.Privileged != nil && *c.Privileged || c.AllowPrivilegeEscalation == nil || *c.AllowPrivilegeEscalation ||
 		c.ReadOnlyRootFilesystem == nil || !*c.ReadOnlyRootFilesystem {
 		t.Error("DaemonSet container is privileged, may escalate or writes its root filesystem")
+	}
+}
+
+// checkService: at least two replicas, each with its own state volume and
+// its own audit trail named after its pod (one trail per writer: two
+// replicas appending to one name would fork its hash chain).
+func checkService(t *testing.T, ss *appsv1.StatefulSet) {
+	if ss.Spec.Replicas == nil || *ss.Spec.Replicas < 2 {
+		t.Errorf("service runs %v replicas, want at least 2", ss.Spec.Replicas)
+	}
+	if len(ss.Spec.VolumeClaimTemplates) != 1 || ss.Spec.VolumeClaimTemplates[0].Name != "state" {
+		t.Errorf("service state volumes = %+v, want one claim template \"state\" per replica", ss.Spec.VolumeClaimTemplates)
+	}
+	node := ""
+	for _, e := range ss.Spec.Template.Spec.Containers[0].Env {
+		if e.Name == policy.NodeEnv && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			node = e.ValueFrom.FieldRef.FieldPath
+		}
+	}
+	if node != "metadata.name" {
+		t.Errorf("service %s comes from %q, want the pod's name (metadata.name)", policy.NodeEnv, node)
 	}
 }
 
@@ -381,7 +405,7 @@ func TestNetworkPolicies(t *testing.T) {
 			}
 		}
 		want := "[store dns]"
-		if o.kind == "Deployment" {
+		if o.kind == "StatefulSet" {
 			want = "[store apiserver dns]"
 		}
 		if fmt.Sprint(dests) != want {

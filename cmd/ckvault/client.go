@@ -217,7 +217,58 @@ func openRemoteResponder(configPath string, r resolved) (*responder.Responder, *
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	return &responder.Responder{Store: rs, Trusted: tk, Audit: serviceAudited{}, Actor: localActor()}, cfg, func() {}, nil
+	var au responder.Auditor = serviceAudited{}
+	if r.remote.Purpose == remote.PurposeRestore {
+		au = restoreReporter{rs}
+	}
+	return &responder.Responder{Store: rs, Trusted: tk, Audit: au, Actor: localActor()}, cfg, func() {}, nil
+}
+
+// openRestoreResponder is openResponder for `ckvault restore`: in client
+// mode the ciphertext is read for the purpose of a restore (the service
+// authorises it with the verb restore, not fetch), and the restore's
+// outcome — the pushed image's digest, registry and repository — is
+// reported to the service's trail.
+func openRestoreResponder(ctx context.Context, configPath string) (*responder.Responder, *policy.Config, func(), error) {
+	rc, ok, err := client.resolve()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if !ok {
+		return openResponder(ctx, configPath)
+	}
+	rc.remote.Purpose = remote.PurposeRestore
+	return openRemoteResponder(configPath, rc)
+}
+
+// restoreReporter is the responder's audit trail for a restore through
+// the service. The service recorded the intent and the ciphertext read
+// itself; the outcome, which only the client knows (where the image went),
+// is reported with POST /v1/restores/{id}. A report that fails fails the
+// restore, as a local outcome record that cannot be written does.
+type restoreReporter struct{ rs *remote.Store }
+
+func (r restoreReporter) Append(ctx context.Context, rec audit.Record) (uint64, error) {
+	if rec.Detail["phase"] != "done" || (rec.Action != responder.ActionRestored && rec.Detail["request"] != responder.ActionRestored) {
+		return 0, nil
+	}
+	if _, ok := responder.ParseBaseKey(rec.Subject); !ok {
+		// An id that did not resolve: there is no checkpoint to report on
+		// (the service recorded the listing that failed to find it).
+		return 0, nil
+	}
+	outcome := remote.RestoreOK
+	switch rec.Outcome {
+	case audit.Denied:
+		outcome = remote.RestoreDenied
+	case audit.Error:
+		outcome = remote.RestoreError
+	}
+	res, err := r.rs.ReportRestore(ctx, rec.Subject, remote.RestoreReportOf(outcome, rec.Detail))
+	if err != nil {
+		return 0, fmt.Errorf("reporting the restore to %s: %w", r.rs.Describe(), err)
+	}
+	return res.Record, nil
 }
 
 // remoteStoreTrail is readStoreTrail in client mode: the exported segments

@@ -59,9 +59,17 @@ The decrypted archive is held in a 0600 temporary file in --tmp-dir (default
 $TMPDIR or /tmp) while the image is built and pushed, and is overwritten and
 removed afterwards, whatever the outcome. The restore — the image's digest,
 registry and repository — is recorded in the audit trail. Exit status 3 when
-a check fails; nothing is pushed then.`,
+a check fails; nothing is pushed then.
+
+Through the vault service (--server URL, see "ckvault list --help"), the
+service authorises the ciphertext read with the verb restore (not fetch) and
+records it as a restore; after the push the image's digest, registry and
+repository are reported to the service's trail (POST /v1/restores). You need
+the verbs list, get and restore in the checkpoint's namespace.`,
 		Example: `  ckvault restore 3f9c --config c.yaml -i age.key --image registry.example/forensics/api:3f9c
-  ckvault restore 3f9c --config c.yaml -i age.key --oci-layout ./api-3f9c --tag 3f9c`,
+  ckvault restore 3f9c --config c.yaml -i age.key --oci-layout ./api-3f9c --tag 3f9c
+  ckvault restore 3f9c --server https://vault.example:8443 --ca ca.crt --cert me.crt --key me.key \
+      --trusted-key signing.pub -i age.key --image registry.example/forensics/api:3f9c`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return o.run(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), args[0])
@@ -127,7 +135,7 @@ func (o *restoreOptions) run(ctx context.Context, stdout, stderr io.Writer, id s
 			}
 		}
 	}
-	r, cfg, closeFn, err := openResponder(ctx, o.config)
+	r, cfg, closeFn, err := openRestoreResponder(ctx, o.config)
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,11 @@
 // would fail if it came from a tampered store.
 package remote
 
-import "time"
+import (
+	"strings"
+	"time"
+	"unicode/utf8"
+)
 
 // APIVersion is the path prefix of every versioned endpoint.
 const APIVersion = "/v1"
@@ -75,3 +79,108 @@ type Error struct {
 
 // Suffixes whose objects are small enough to be listed inline.
 const MaxInline = 64 << 10
+
+// PurposeRestore, as the query parameter purpose=restore of
+// GET|HEAD /v1/objects/{key}, marks a read of a checkpoint's ciphertext as
+// part of a restore: the service authorises it with the verb restore
+// instead of fetch and records it as ActionRestoreFetched.
+const PurposeRestore = "restore"
+
+// Restore outcomes a client reports (RestoreReport.Outcome).
+const (
+	RestoreOK     = "ok"
+	RestoreError  = "error"
+	RestoreDenied = "denied"
+)
+
+// RestoreReport is the body of POST /v1/restores/{id}: what the client did
+// with a checkpoint it read for a restore — where the image went and its
+// digests, or why it failed. The service cannot check it (it never sees
+// the plaintext); it records who reported what.
+type RestoreReport struct {
+	// Outcome is ok, error (the restore failed) or denied (a check refused
+	// the checkpoint; Check names it).
+	Outcome string `json:"outcome"`
+	// Image is the pushed image pinned by digest,
+	// REGISTRY/REPOSITORY@sha256:…; Registry and Repository are its parts.
+	Image      string `json:"image,omitempty"`
+	Registry   string `json:"registry,omitempty"`
+	Repository string `json:"repository,omitempty"`
+	Tag        string `json:"tag,omitempty"`
+	// OCILayout is the directory the image was written to instead.
+	OCILayout      string `json:"ociLayout,omitempty"`
+	ImageDigest    string `json:"imageDigest,omitempty"`
+	ManifestDigest string `json:"manifestDigest,omitempty"`
+	LayerDigest    string `json:"layerDigest,omitempty"`
+	Platform       string `json:"platform,omitempty"`
+	Check          string `json:"check,omitempty"`
+	Reason         string `json:"reason,omitempty"`
+}
+
+// restoreFields maps RestoreReport's fields to the audit detail keys a
+// direct-mode restore records (vault/restore Result.AuditDetail), so that
+// an auditor reads the same keys either way.
+func (r *RestoreReport) fields() []struct {
+	key string
+	val *string
+} {
+	return []struct {
+		key string
+		val *string
+	}{
+		{"image", &r.Image}, {"registry", &r.Registry}, {"repository", &r.Repository}, {"tag", &r.Tag},
+		{"ociLayout", &r.OCILayout}, {"imageDigest", &r.ImageDigest}, {"manifestDigest", &r.ManifestDigest},
+		{"layerDigest", &r.LayerDigest}, {"platform", &r.Platform}, {"check", &r.Check}, {"reason", &r.Reason},
+	}
+}
+
+// Detail is the report as audit detail (empty fields left out).
+func (r RestoreReport) Detail() map[string]string {
+	d := map[string]string{"reported": r.Outcome}
+	for _, f := range r.fields() {
+		if *f.val != "" {
+			d[f.key] = *f.val
+		}
+	}
+	return d
+}
+
+// MaxReportField bounds each string of a RestoreReport; the service
+// refuses longer ones (and control characters) rather than record them cut.
+const MaxReportField = 512
+
+// RestoreReportOf builds a report from the detail of a restore's audit
+// record (the inverse of Detail; other keys are ignored). Free text (an
+// error's reason) is made to fit: control characters become spaces and
+// what exceeds MaxReportField is cut at a character boundary.
+func RestoreReportOf(outcome string, detail map[string]string) RestoreReport {
+	r := RestoreReport{Outcome: outcome}
+	for _, f := range r.fields() {
+		v := strings.ToValidUTF8(detail[f.key], "?")
+		v = strings.Map(func(c rune) rune {
+			if c < 0x20 || c == 0x7f {
+				return ' '
+			}
+			return c
+		}, v)
+		if len(v) > MaxReportField {
+			cut := MaxReportField - 3
+			for cut > 0 && !utf8.RuneStart(v[cut]) {
+				cut--
+			}
+			v = v[:cut] + "..."
+		}
+		*f.val = v
+	}
+	return r
+}
+
+// Recorded answers the endpoints that change or record something (restore
+// reports, holds): the checkpoint concerned and the sequence number of the
+// intent record in the service's trail.
+type Recorded struct {
+	Subject string `json:"subject"`
+	Record  uint64 `json:"record"`
+	// Objects counts the objects a hold was set on or lifted from.
+	Objects int `json:"objects,omitempty"`
+}

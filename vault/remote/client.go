@@ -37,6 +37,10 @@ type Config struct {
 	// Retries bounds resumptions of one broken download and retries of a
 	// 429/503 answer (default 5).
 	Retries int
+	// Purpose, when PurposeRestore, marks every object read as part of a
+	// restore: the service then authorises the ciphertext with the verb
+	// restore instead of fetch, and records it as a restore.
+	Purpose string
 }
 
 // Store reads the vault through the service. It implements store.Reader;
@@ -113,6 +117,9 @@ func New(cfg Config) (*Store, error) {
 		IdleConnTimeout:       90 * time.Second,
 		MaxIdleConnsPerHost:   8,
 	}
+	if cfg.Purpose != "" && cfg.Purpose != PurposeRestore {
+		return nil, fmt.Errorf("remote: unknown purpose %q", cfg.Purpose)
+	}
 	if cfg.Retries <= 0 {
 		cfg.Retries = 5
 	}
@@ -166,14 +173,26 @@ func (e *StatusError) Unwrap() error {
 // do sends one request, retrying 429 and 503 answers (honouring
 // Retry-After, at most 30 s each) and transport errors before any answer.
 func (s *Store) do(ctx context.Context, method, path string, q url.Values, hdr http.Header) (*http.Response, error) {
+	return s.doBody(ctx, method, path, q, hdr, nil)
+}
+
+// doBody is do with a request body (JSON), sent again on each retry.
+func (s *Store) doBody(ctx context.Context, method, path string, q url.Values, hdr http.Header, body []byte) (*http.Response, error) {
 	u := *s.base
 	u.Path = path
 	u.RawQuery = q.Encode()
 	var lastErr error
 	for attempt := 0; attempt <= s.retries; attempt++ {
-		req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+		var rd io.Reader
+		if body != nil {
+			rd = bytes.NewReader(body)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
 		if err != nil {
 			return nil, err
+		}
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
 		}
 		for k, v := range hdr {
 			req.Header[k] = v
@@ -343,9 +362,17 @@ func (s *Store) listSegments(ctx context.Context, prefix, startAfter string, lim
 
 func objectPath(key string) string { return APIVersion + "/objects/" + key }
 
+// objectQuery marks object reads with the client's purpose.
+func (s *Store) objectQuery() url.Values {
+	if s.cfg.Purpose == "" {
+		return nil
+	}
+	return url.Values{"purpose": {s.cfg.Purpose}}
+}
+
 // Stat implements store.Reader (HEAD).
 func (s *Store) Stat(ctx context.Context, key string) (store.ObjectInfo, error) {
-	resp, err := s.do(ctx, http.MethodHead, objectPath(key), nil, nil)
+	resp, err := s.do(ctx, http.MethodHead, objectPath(key), s.objectQuery(), nil)
 	if err != nil {
 		return store.ObjectInfo{}, fmt.Errorf("%s: %w", key, err)
 	}
@@ -427,7 +454,7 @@ func (o *object) open(off int64) error {
 	if off > 0 {
 		hdr = http.Header{"Range": {fmt.Sprintf("bytes=%d-", off)}}
 	}
-	resp, err := o.s.do(o.ctx, http.MethodGet, objectPath(o.key), nil, hdr)
+	resp, err := o.s.do(o.ctx, http.MethodGet, objectPath(o.key), o.s.objectQuery(), hdr)
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.key, err)
 	}
@@ -510,7 +537,7 @@ func (o *object) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	end := min(off+int64(len(p)), o.info.Size) - 1
-	resp, err := o.s.do(o.ctx, http.MethodGet, objectPath(o.key), nil, http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", off, end)}})
+	resp, err := o.s.do(o.ctx, http.MethodGet, objectPath(o.key), o.s.objectQuery(), http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", off, end)}})
 	if err != nil {
 		return 0, err
 	}

@@ -155,23 +155,9 @@ func (s *Service) handleList(q *request) error {
 // handleCheckpoint answers one checkpoint's index entry (manifest and
 // signatures) by base key or by a unique short-id prefix.
 func (s *Service) handleCheckpoint(q *request) error {
-	id := q.r.PathValue("id")
-	if len(id) > maxQueryValue || id == "" {
-		return q.fail(badRequest("checkpoint id is empty or too long"))
-	}
-	base := id
-	if b, ok := manifest.BaseKeyOf(id); ok {
-		base = b
-	}
-	if !strings.Contains(base, "/") {
-		b, err := s.resolveShortID(q, base)
-		if err != nil {
-			return err
-		}
-		if b == "" {
-			return nil // answered
-		}
-		base = b
+	base, err := s.resolveID(q, "get")
+	if base == "" {
+		return err // answered
 	}
 	ns, _, _ := strings.Cut(base, "/")
 	if !q.authorize("get", ns, base) {
@@ -195,14 +181,33 @@ func (s *Service) handleCheckpoint(q *request) error {
 	return failure
 }
 
-// resolveShortID finds the one checkpoint, among those the caller may get,
-// whose short id starts with prefix. It answers (and returns "") when there
-// is none or more than one.
-func (s *Service) resolveShortID(q *request, prefix string) (string, error) {
+// resolveID maps the {id} of the request's path — a base key, an object
+// key, or a unique short-id prefix among the checkpoints the caller may
+// use with verbName — to a base key. It answers (and returns "") when the
+// id is malformed, unknown or ambiguous.
+func (s *Service) resolveID(q *request, verbName string) (string, error) {
+	id := q.r.PathValue("id")
+	if len(id) > maxQueryValue || id == "" || strings.ContainsFunc(id, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return "", q.fail(badRequest("checkpoint id is empty, too long or has control characters"))
+	}
+	base := id
+	if b, ok := manifest.BaseKeyOf(id); ok {
+		base = b
+	}
+	if strings.Contains(base, "/") {
+		return base, nil
+	}
+	return s.resolveShortID(q, base, verbName)
+}
+
+// resolveShortID finds the one checkpoint, among those the caller may use
+// with verbName, whose short id starts with prefix. It answers (and returns
+// "") when there is none or more than one.
+func (s *Service) resolveShortID(q *request, prefix, verbName string) (string, error) {
 	if len(prefix) < 4 {
 		return "", q.fail(badRequest("id %q is too short: give at least 4 characters of an id from `ckvault list`", prefix))
 	}
-	verb, _ := policy.LookupServeVerb("get")
+	verb, _ := policy.LookupServeVerb(verbName)
 	var match []string
 	err := s.index.ScanKeys(func(base string) bool {
 		i := strings.LastIndexByte(base, '-')
@@ -241,10 +246,19 @@ func (s *Service) handleObject(q *request) error {
 	if len(key) > maxQueryValue || key == "" || strings.ContainsFunc(key, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		return q.fail(badRequest("object key is empty, too long or has control characters"))
 	}
+	purpose, err := ParseObjectQuery(q.r.URL.Query())
+	if err != nil {
+		return q.fail(err)
+	}
 	verb, ns, ok := verbOfObject(key)
 	if !ok {
 		writeError(q.w, http.StatusNotFound, remote.Error{Error: fmt.Sprintf("%s is not a checkpoint object or an audit segment", key)})
 		return nil
+	}
+	if purpose == remote.PurposeRestore && verb == "fetch" {
+		// The ciphertext read for a restore is a restore: its own verb and
+		// its own action in the trail (docs/API.md, "restore").
+		verb = "restore"
 	}
 	if !q.authorize(verb, ns, key) {
 		return nil
@@ -260,8 +274,11 @@ func (s *Service) handleObject(q *request) error {
 		writeError(q.w, http.StatusServiceUnavailable, remote.Error{Error: fmt.Sprintf("the service is streaming %d objects already, its limit; retry in a moment", cap(s.streams))})
 		return nil
 	}
-	action := map[string]string{"fetch": "fetched", "get": "got", "audit": "got"}[verb]
+	action := map[string]string{"fetch": "fetched", "get": "got", "audit": "got", "restore": ActionRestoreFetched}[verb]
 	detail := map[string]string{}
+	if purpose != "" {
+		detail["purpose"] = purpose
+	}
 	if rg := q.r.Header.Get("Range"); rg != "" {
 		detail["range"] = rg
 	}

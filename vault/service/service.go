@@ -177,6 +177,7 @@ func New(o Options) (*Service, error) {
 	mux.HandleFunc("GET /v1/audit/records", s.api("records", s.handleRecords))
 	mux.HandleFunc("GET /v1/audit/verify", s.api("verify", s.handleAuditVerify))
 	mux.HandleFunc("POST /v1/index/refresh", s.api("refresh", s.handleRefresh))
+	mux.HandleFunc("POST /v1/restores/{id...}", s.api("restore", s.handleRestoreReport))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, remote.Error{Error: fmt.Sprintf("no such endpoint %s %s; see docs/API.md", r.Method, clipPath(r.URL.Path))})
 	})
@@ -462,6 +463,14 @@ func writeError(w http.ResponseWriter, code int, e remote.Error) {
 func writeJSON(w http.ResponseWriter, v any) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
+	return json.NewEncoder(w).Encode(v)
+}
+
+// writeJSONStatus is writeJSON with a status other than 200.
+func writeJSONStatus(w http.ResponseWriter, code int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
 	return json.NewEncoder(w).Encode(v)
 }
 

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/checkpoint-vault/ckvault/internal/testregistry"
+	"github.com/checkpoint-vault/ckvault/internal/testservers"
+	"github.com/checkpoint-vault/ckvault/internal/testtools"
+	"github.com/checkpoint-vault/ckvault/policy"
+	"github.com/checkpoint-vault/ckvault/vault/service"
+)
+
+// served is a real `ckvault serve` in front of a vault fixture, and the
+// client certificates of the users its roles name.
+type served struct {
+	f      *vaultFixture
+	srv    *service.Server
+	dir    string
+	ca     *testservers.CA
+	certs  map[string][2]string
+	config string // the service's config
+}
+
+// serveFixture starts the service with the given serve.roles (YAML list
+// items, indented four spaces) and extra top-level config, and issues a
+// client certificate for each user.
+func serveFixture(t *testing.T, f *vaultFixture, roles, extra string, users ...string) *served {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := testservers.NewCA(dir, "serve CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	crt, key, err := ca.Issue(dir, "serve.crt", "serve.key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &served{f: f, dir: dir, ca: ca, certs: map[string][2]string{}}
+	for _, u := range users {
+		c, k, err := ca.IssueClient(dir, u, u, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.certs[u] = [2]string{c, k}
+	}
+	base, err := os.ReadFile(f.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.config = filepath.Join(dir, "serve.yaml")
+	yml := string(base) + extra + fmt.Sprintf("serve:\n  listen: 127.0.0.1:0\n  tlsCert: %s\n  tlsKey: %s\n  clientCA: %s\n  roles:\n%s", crt, key, ca.CertFile, roles)
+	if err := os.WriteFile(s.config, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := policy.Load(s.config)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, yml)
+	}
+	cfg.StateDir = filepath.Join(dir, "serve-state")
+	srv, err := service.Start(context.Background(), cfg, service.Setup{Store: f.st, Trusted: f.keys.Trusted, Signer: f.keys.Signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown() })
+	s.srv = srv
+	os.WriteFile(filepath.Join(dir, "none.yaml"), nil, 0o600)
+	return s
+}
+
+// as runs a client command as user through the service (no --config: a
+// laptop trusts the signing key it was given).
+func (s *served) as(t *testing.T, user string, args ...string) (string, string, error) {
+	t.Helper()
+	c := s.certs[user]
+	args = append(args, "--server", "https://"+s.srv.Addr, "--ca", s.ca.CertFile, "--cert", c[0], "--key", c[1],
+		"--trusted-key", filepath.Join(s.f.dir, "signing.pub"), "--client-config", filepath.Join(s.dir, "none.yaml"))
+	return runCmd(t, args...)
+}
+
+// storeAudit is `audit query --from-store` of the fixture's store, as an
+// auditor with store access reads it, decoded.
+func storeAudit(t *testing.T, f *vaultFixture, args ...string) []map[string]any {
+	t.Helper()
+	out, stderr, err := runCmd(t, append([]string{"audit", "query", "--config", f.config, "--from-store", "-o", "jsonl"}, args...)...)
+	if err != nil {
+		t.Fatalf("audit query --from-store: %v\n%s", err, stderr)
+	}
+	var recs []map[string]any
+	dec := json.NewDecoder(strings.NewReader(out))
+	for dec.More() {
+		var r map[string]any
+		if err := dec.Decode(&r); err != nil {
+			t.Fatalf("audit query output: %v\n%s", err, out)
+		}
+		recs = append(recs, r)
+	}
+	return recs
+}
+
+// TestRestoreThroughService: `ckvault restore --server` reads the
+// ciphertext with the verb restore, pushes to a real TLS registry (read
+// back with stock crane), and reports the push to the service, whose
+// exported trail shows it to an auditor. A caller with fetch but not
+// restore cannot restore, and one with restore but not fetch cannot fetch.
+func TestRestoreThroughService(t *testing.T) {
+	f := newVaultFixture(t)
+	s := serveFixture(t, f, `    - {name: fetchers, verbs: [list, get, fetch], namespaces: ["*"], subjects: [{user: alice}]}
+    - {name: restorers, verbs: [list, get, restore], namespaces: ["*"], subjects: [{user: rita}]}
+`, "", "alice", "rita")
+	reg := testregistry.Start(t, testregistry.Options{User: "ir", Password: "pw"})
+	t.Setenv("DOCKER_CONFIG", reg.DockerConfig)
+	tmp := t.TempDir()
+	ref := reg.Host + "/forensics/api:" + f.id(0)
+
+	stdout, stderr, err := s.as(t, "rita", "restore", f.id(0), "-i", f.identity, "--image", ref, "--registry-ca", reg.CAFile, "--tmp-dir", tmp, "-o", "json")
+	if err != nil {
+		t.Fatalf("restore --server as rita: %v\n%s", err, stderr)
+	}
+	var out restoreOutput
+	if err := json.Unmarshal([]byte(stdout), &out); err != nil {
+		t.Fatalf("%v\n%s", err, stdout)
+	}
+	if out.Object != f.manifests[0].Object || out.Registry != reg.Host || out.Repository != "forensics/api" || out.Layer != "sha256:"+f.manifests[0].Plaintext.SHA256 {
+		t.Errorf("restore output %+v", out)
+	}
+	crane := exec.Command(testtools.Path(t, "crane"), "digest", ref)
+	crane.Env = append(os.Environ(), "SSL_CERT_FILE="+reg.CAFile, "DOCKER_CONFIG="+reg.DockerConfig)
+	d, err := crane.Output()
+	if err != nil {
+		t.Fatalf("crane digest %s: %v", ref, err)
+	}
+	if strings.TrimSpace(string(d)) != out.Digest {
+		t.Errorf("crane digest %s, restore printed %s", d, out.Digest)
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
+		t.Errorf("--tmp-dir holds %d entries after restore", len(ents))
+	}
+
+	// alice may fetch but not restore: refused before anything is pushed.
+	ref2 := reg.Host + "/forensics/api:alice"
+	_, _, err = s.as(t, "alice", "restore", f.id(0), "-i", f.identity, "--image", ref2, "--registry-ca", reg.CAFile, "--tmp-dir", tmp)
+	if err == nil || !strings.Contains(err.Error(), "403") || !strings.Contains(err.Error(), "restore") {
+		t.Errorf("restore --server as alice (fetch only): %v, want a 403 naming restore", err)
+	}
+	crane = exec.Command(testtools.Path(t, "crane"), "digest", ref2)
+	crane.Env = append(os.Environ(), "SSL_CERT_FILE="+reg.CAFile, "DOCKER_CONFIG="+reg.DockerConfig)
+	if b, err := crane.CombinedOutput(); err == nil {
+		t.Errorf("alice's refused restore pushed %s: %s", ref2, b)
+	}
+	// rita may restore but not fetch.
+	_, _, err = s.as(t, "rita", "fetch", f.id(0), "-i", f.identity, "-o", filepath.Join(tmp, "x.tar"))
+	if err == nil || !strings.Contains(err.Error(), "403") || !strings.Contains(err.Error(), "fetch") {
+		t.Errorf("fetch --server as rita (restore only): %v, want a 403 naming fetch", err)
+	}
+	if _, err := os.Stat(filepath.Join(tmp, "x.tar")); err == nil {
+		t.Error("rita's refused fetch wrote its output")
+	}
+
+	// The auditor sees the restore in the store's trail: the read for it,
+	// and the push (digest, registry, repository) under rita's name.
+	s.srv.Export(context.Background())
+	var pushed, reads, denied int
+	for _, r := range storeAudit(t, f, "--subject", f.manifests[0].Object) {
+		det, _ := r["detail"].(map[string]any)
+		switch {
+		case r["action"] == service.ActionRestored && r["actor"] == "cert:rita" && det["phase"] == "done":
+			pushed++
+			if det["imageDigest"] != out.Digest || det["registry"] != reg.Host || det["repository"] != "forensics/api" || det["image"] != out.Image {
+				t.Errorf("restored record: %v", r)
+			}
+		case r["action"] == "denied" && r["actor"] == "cert:alice" && det["request"] == "restore":
+			denied++
+		}
+	}
+	for _, r := range storeAudit(t, f, "--subject", f.manifests[0].Objects().Ciphertext) {
+		det, _ := r["detail"].(map[string]any)
+		if r["action"] == service.ActionRestoreFetched && r["actor"] == "cert:rita" && det["phase"] == "done" {
+			reads++
+		}
+		if r["action"] == "denied" && r["actor"] == "cert:alice" && det["request"] == "restore" {
+			denied++
+		}
+	}
+	// alice is denied twice: the read, and the report of its failure.
+	if pushed != 1 || reads != 1 || denied != 2 {
+		t.Errorf("store trail: %d restored, %d restore-fetched, %d denied records; want 1, 1, 2", pushed, reads, denied)
+	}
+}

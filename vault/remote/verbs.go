@@ -1,0 +1,35 @@
+package remote
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+)
+
+// send makes one request with a JSON body (nil: none) and decodes the JSON
+// answer into out.
+func (s *Store) send(ctx context.Context, method, path string, in, out any) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return err
+		}
+	}
+	resp, err := s.doBody(ctx, method, path, nil, nil, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return DecodeJSON(resp.Body, out)
+}
+
+// ReportRestore records, in the service's trail, what became of a restore
+// of the checkpoint base: POST /v1/restores/{base} (verb restore).
+func (s *Store) ReportRestore(ctx context.Context, base string, rep RestoreReport) (*Recorded, error) {
+	var r Recorded
+	if err := s.send(ctx, http.MethodPost, APIVersion+"/restores/"+base, rep, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
