@@ -1,6 +1,7 @@
 package service
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -8,9 +9,11 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -70,9 +73,13 @@ type env struct {
 	ca   *testservers.CA // signs the service's and the clients' certificates
 	srv  *Server
 	cfg  *policy.Config
+	// cfgPath holds the configuration cfg was parsed from.
+	cfgPath string
 	// vaulted maps namespace -> manifests vaulted there.
 	vaulted map[string][]*manifest.Manifest
 	certs   map[string][2]string // client name -> cert, key
+	// addr, when set, is a service the test started itself (serveProc).
+	addr string
 }
 
 // roles used by every env: alice reads payments; the auditors group reads
@@ -100,6 +107,9 @@ type envOptions struct {
 	kubernetes  string // a serve.kubernetes: block (then roles are not added)
 	noRoles     bool
 	memoryBytes int64
+	// noStart leaves the service to the test (e.g. the ckvault binary run
+	// with cfgPath).
+	noStart bool
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -200,7 +210,13 @@ serve:
 		t.Fatalf("config: %v\n%s", err, yml)
 	}
 	e.cfg = cfg
-	e.start(Setup{})
+	e.cfgPath = filepath.Join(dir, "serve-test.yaml")
+	if err := os.WriteFile(e.cfgPath, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if !o.noStart {
+		e.start(Setup{})
+	}
 	return e
 }
 
@@ -215,7 +231,12 @@ func (e *env) start(su Setup) {
 	e.t.Cleanup(func() { srv.Shutdown() })
 }
 
-func (e *env) url() string { return "https://" + e.srv.Addr }
+func (e *env) url() string {
+	if e.addr != "" {
+		return "https://" + e.addr
+	}
+	return "https://" + e.srv.Addr
+}
 
 // client is an HTTP client presenting the named certificate ("" for none).
 func (e *env) client(name string) *http.Client {
@@ -291,4 +312,119 @@ func namespaces(l remote.CheckpointList) string {
 		ns = append(ns, it.Namespace)
 	}
 	return strings.Join(ns, ",")
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// buildCkvault builds cmd/ckvault once per test binary and returns its
+// path: tests that need the service as users run it start it as a child.
+func buildCkvault(tb testing.TB) string {
+	tb.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ckvault-serve-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "ckvault")
+		out, err := exec.Command("go", "build", "-o", builtBin, "github.com/checkpoint-vault/ckvault/cmd/ckvault").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("building ckvault: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		tb.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+// serveProc is a `ckvault serve` child process.
+type serveProc struct {
+	cmd    *exec.Cmd
+	addr   string
+	log    string // its stderr
+	line   string // its "listening on" line
+	exited chan error
+}
+
+// startServe runs `ckvault serve --config cfgPath` and waits until it
+// listens (after its first index refresh). The child is killed when the
+// test ends unless stop was called.
+func startServe(tb testing.TB, bin, cfgPath string, timeout time.Duration) *serveProc {
+	tb.Helper()
+	p := &serveProc{log: filepath.Join(tb.TempDir(), "serve.log"), exited: make(chan error, 1)}
+	lf, err := os.Create(p.log)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p.cmd = exec.Command(bin, "serve", "--config", cfgPath)
+	p.cmd.Stderr = lf
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	lf.Close()
+	tb.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	lines := make(chan string, 1)
+	go func() {
+		s := bufio.NewScanner(out)
+		for s.Scan() {
+			select {
+			case lines <- s.Text():
+			default:
+			}
+		}
+		close(lines)
+		p.exited <- p.cmd.Wait()
+	}()
+	select {
+	case l, ok := <-lines:
+		// "ckvault serve: listening on https://ADDR (N checkpoints indexed)"
+		_, rest, found := strings.Cut(l, "listening on https://")
+		if !ok || !found {
+			b, _ := os.ReadFile(p.log)
+			tb.Fatalf("ckvault serve did not start: %q\n%s", l, b)
+		}
+		p.addr, p.line = strings.Fields(rest)[0], l
+	case <-time.After(timeout):
+		b, _ := os.ReadFile(p.log)
+		tb.Fatalf("ckvault serve did not listen within %s\n%s", timeout, b)
+	}
+	return p
+}
+
+// stop sends SIGTERM (the service exports and closes its trail) and waits.
+func (p *serveProc) stop(tb testing.TB) {
+	tb.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		tb.Fatal(err)
+	}
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			b, _ := os.ReadFile(p.log)
+			tb.Errorf("ckvault serve exited: %v\n%s", err, b)
+		}
+	case <-time.After(2 * time.Minute):
+		tb.Fatal("ckvault serve did not stop within 2 minutes of SIGTERM")
+	}
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
 }

@@ -175,12 +175,16 @@ func TestListShowsOnlyVisibleNamespaces(t *testing.T) {
 	}
 }
 
-// TestFailClosed: when the trail cannot take the intent record the service
-// answers 503 and sends not one byte of the object.
+// TestFailClosed: when the trail cannot take the intent record (its
+// database closed) the service answers 503 and sends nothing else: not
+// one byte of the object, the listing, the entry or the trail, for every
+// endpoint that records, and for a denial too (a denial it cannot record is
+// not answered 403). TestFailClosedDiskFull does the same with a full disk.
 func TestFailClosed(t *testing.T) {
 	e := newEnv(t, envOptions{backend: "file"})
-	obj := e.vaulted["payments"][0].Object + manifest.SuffixCiphertext
-	alice := e.client("alice")
+	pay := e.vaulted["payments"][0].Object
+	obj := pay + manifest.SuffixCiphertext
+	alice, auditor, nobody := e.client("alice"), e.client("auditor"), e.client("nobody")
 	if a := e.get(alice, "/v1/objects/"+obj); a.code != 200 {
 		t.Fatalf("before: %d", a.code)
 	}
@@ -188,19 +192,43 @@ func TestFailClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	man, err := testvault.GetBytes(context.Background(), e.st, pay+manifest.SuffixManifest)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := e.srv.Trail.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{"/v1/objects/" + obj, "/v1/checkpoints?namespace=payments", "/v1/objects/" + e.vaulted["other"][0].Object + manifest.SuffixManifest} {
-		a := e.get(alice, p)
+	for _, c := range []struct {
+		c       *http.Client
+		path    string
+		content []byte
+	}{
+		{alice, "/v1/objects/" + obj, ct[:64]},
+		{alice, "/v1/objects/" + pay + manifest.SuffixManifest, man[:64]},
+		{alice, "/v1/checkpoints?namespace=payments", []byte(`"items"`)},
+		{alice, "/v1/checkpoints/" + pay, []byte(`"manifest"`)},
+		{alice, "/v1/objects/" + e.vaulted["other"][0].Object + manifest.SuffixManifest, nil}, // denied
+		{nobody, "/v1/checkpoints?namespace=payments", nil},                                   // denied
+		{auditor, "/v1/audit/records", []byte(`"records"`)},
+		{auditor, "/v1/audit/segments", []byte(`"items"`)},
+		{auditor, "/v1/audit/verify", []byte(`"heads"`)},
+	} {
+		a := e.get(c.c, c.path)
 		if a.code != http.StatusServiceUnavailable {
-			t.Errorf("%s with a closed trail: %d, want 503", p, a.code)
+			t.Errorf("%s with a closed trail: %d, want 503", c.path, a.code)
 		}
-		if bytes.Contains(a.body, ct[:64]) || strings.Contains(string(a.body), `"items"`) {
-			t.Errorf("%s: the 503 carries content", p)
+		var body remote.Error
+		dec := json.NewDecoder(bytes.NewReader(a.body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&body); err != nil || !strings.Contains(body.Error, "audit trail") || len(a.body) > 2048 {
+			t.Errorf("%s: the 503 is not the audit error alone (%v): %.300q", c.path, err, a.body)
+		}
+		if c.content != nil && bytes.Contains(a.body, c.content) {
+			t.Errorf("%s: the 503 carries content", c.path)
 		}
 		if a.hdr.Get("Retry-After") == "" {
-			t.Errorf("%s: 503 without Retry-After", p)
+			t.Errorf("%s: 503 without Retry-After", c.path)
 		}
 	}
 }
