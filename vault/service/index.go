@@ -16,7 +16,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/crypto/signing"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
 	"github.com/checkpoint-vault/ckvault/vault/remote"
@@ -98,9 +97,9 @@ func (x *Index) Refresh(ctx context.Context) (RefreshResult, error) {
 			return res, fmt.Errorf("index: listing %s: %w", x.st.Describe(), err)
 		}
 		for _, o := range objs {
-			if strings.HasPrefix(o.Key, audit.SegmentPrefix) {
-				continue
-			}
+			// Audit segments (.jsonl) are not checkpoint objects; the
+			// checkpoints of a namespace named "audit" share their
+			// prefix and are indexed like any other.
 			base, ok := manifest.BaseKeyOf(o.Key)
 			if !ok {
 				continue

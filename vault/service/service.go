@@ -510,21 +510,25 @@ func writeJSONStatus(w http.ResponseWriter, code int, v any) error {
 }
 
 // verbOfObject maps an object key to the verb that reads it and its
-// namespace: audit segments need audit; a checkpoint's ciphertext needs
-// fetch; its manifest and signatures need get.
+// namespace: a checkpoint's ciphertext needs fetch, its manifest and
+// signatures need get, in the namespace the key starts with; anything else
+// under the audit segments' prefix needs audit. The checkpoint suffixes are
+// looked at first because a Kubernetes namespace may be named "audit": its
+// checkpoints' keys start with the segments' prefix too, and they are
+// checkpoint objects of that namespace, not the cluster-wide trail (a
+// segment ends ".jsonl", never in a checkpoint suffix).
 func verbOfObject(key string) (verb, namespace string, ok bool) {
+	if base, ok := manifest.BaseKeyOf(key); ok {
+		ns, _, _ := strings.Cut(base, "/")
+		if strings.HasSuffix(key, manifest.SuffixCiphertext) {
+			return "fetch", ns, true
+		}
+		return "get", ns, true
+	}
 	if strings.HasPrefix(key, audit.SegmentPrefix) {
 		return "audit", "", true
 	}
-	base, ok := manifest.BaseKeyOf(key)
-	if !ok {
-		return "", "", false
-	}
-	ns, _, _ := strings.Cut(base, "/")
-	if strings.HasSuffix(key, manifest.SuffixCiphertext) {
-		return "fetch", ns, true
-	}
-	return "get", ns, true
+	return "", "", false
 }
 
 // remoteHost is the client's address without the port, for logs.

@@ -1,0 +1,180 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/checkpoint-vault/ckvault/audit"
+	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
+	"github.com/checkpoint-vault/ckvault/internal/testvault"
+	"github.com/checkpoint-vault/ckvault/vault/manifest"
+)
+
+// Red-team tests of the vault service: attacks by an outsider, by an
+// authenticated user of one namespace, and by whoever writes to the store.
+
+// redteamRoles: dave responds in the Kubernetes namespace "audit" (a valid
+// namespace name); the auditors group may read the audit trail only.
+const redteamRoles = `
+  roles:
+    - name: audit-ns-responders
+      verbs: [list, get, fetch]
+      namespaces: [audit]
+      subjects: [{user: dave}]
+    - name: auditors
+      verbs: [audit]
+      namespaces: ["*"]
+      subjects: [{group: auditors}]
+    - name: payments-responders
+      verbs: [list, get, fetch]
+      namespaces: [payments]
+      subjects: [{user: alice}]
+`
+
+// vaultInNamespace vaults one sample checkpoint of namespace ns into e's
+// store and refreshes the service's index.
+func (e *env) vaultInNamespace(t *testing.T, ns, pod string, seed int64) *manifest.Manifest {
+	t.Helper()
+	adir := filepath.Join(e.dir, "archives", ns+"-"+pod)
+	must(t, os.MkdirAll(adir, 0o700))
+	p, err := samplearchive.WriteDir(adir, samplearchive.Options{Namespace: ns, Pod: pod, Seed: seed})
+	must(t, err)
+	m, _, err := testvault.Put(context.Background(), e.st, e.keys, p, "node-a")
+	must(t, err)
+	if _, err := e.srv.Index.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func (e *env) issue(t *testing.T, name, cn string, orgs ...string) {
+	t.Helper()
+	cf, kf, err := e.ca.IssueClient(e.dir, name, cn, "", orgs...)
+	must(t, err)
+	e.certs[name] = [2]string{cf, kf}
+}
+
+// TestRedteamNamespaceNamedAudit: checkpoints of a Kubernetes namespace
+// named "audit" have keys under "audit/", the prefix of the exported audit
+// segments. Their objects must still be checkpoint objects to the service:
+// fetched with the verb fetch on namespace "audit" (not with the
+// cluster-wide audit verb, which auditors hold without any fetch right),
+// and listed from the index.
+func TestRedteamNamespaceNamedAudit(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file", noRoles: true, serveExtra: redteamRoles})
+	e.issue(t, "dave", "dave")
+	m := e.vaultInNamespace(t, "audit", "web-0", 99)
+	if !strings.HasPrefix(m.Object, audit.SegmentPrefix) {
+		t.Fatalf("object %s is not under %s", m.Object, audit.SegmentPrefix)
+	}
+	ct := "/v1/objects/" + m.Object + manifest.SuffixCiphertext
+
+	// An auditor holds the audit verb only: no ciphertext for him.
+	if a := e.get(e.client("auditor"), ct); a.code != http.StatusForbidden {
+		t.Errorf("auditor fetches the ciphertext of a checkpoint in namespace audit: %d (%d bytes), want 403", a.code, len(a.body))
+	}
+	if a := e.get(e.client("auditor"), "/v1/objects/"+m.Object+manifest.SuffixManifest); a.code != http.StatusForbidden {
+		t.Errorf("auditor gets the manifest of a checkpoint in namespace audit: %d, want 403", a.code)
+	}
+	// dave may fetch in namespace audit.
+	if a := e.get(e.client("dave"), ct); a.code != http.StatusOK || int64(len(a.body)) != m.Ciphertext.Size {
+		t.Errorf("dave fetches his namespace's ciphertext: %d %.200s, want 200 and %d bytes", a.code, a.body, m.Ciphertext.Size)
+	}
+	// ... and sees it listed.
+	if l, a := e.list(e.client("dave"), "?namespace=audit"); a.code != 200 || len(l.Items) != 1 || l.Items[0].Base != m.Object || !l.Items[0].Verified {
+		t.Errorf("dave lists namespace audit: %d %d entries (%s), want the one verified checkpoint", a.code, len(l.Items), namespaces(l))
+	}
+	if a := e.get(e.client("dave"), "/v1/checkpoints/"+m.Object); a.code != http.StatusOK {
+		t.Errorf("dave gets the entry of %s: %d %.200s", m.Object, a.code, a.body)
+	}
+	// The audit records of dave's fetch name namespace audit.
+	recs := e.records(audit.Filter{Actor: "cert:dave", Action: "fetched"})
+	if len(recs) != 2 || recs[0].Namespace != "audit" {
+		t.Errorf("dave's fetch: %d records (%+v), want intent and outcome in namespace audit", len(recs), recs)
+	}
+	// Real audit segments stay behind the audit verb.
+	e.srv.Export(context.Background())
+	segs := e.get(e.client("auditor"), "/v1/audit/segments")
+	if segs.code != 200 || !strings.Contains(string(segs.body), ".jsonl") {
+		t.Fatalf("auditor lists segments: %d %.300s", segs.code, segs.body)
+	}
+	if strings.Contains(string(segs.body), m.Object) {
+		t.Errorf("the auditor's segment listing names checkpoint %s of namespace audit: %.300s", m.Object, segs.body)
+	}
+	key := audit.SegmentKey(e.cfg.Node, 1, 1)
+	if i := strings.Index(string(segs.body), `"key":"audit/`); i >= 0 {
+		rest := string(segs.body)[i+len(`"key":"`):]
+		key = rest[:strings.IndexByte(rest, '"')]
+	}
+	if a := e.get(e.client("dave"), "/v1/objects/"+key); a.code != http.StatusForbidden {
+		t.Errorf("dave reads audit segment %s: %d, want 403", key, a.code)
+	}
+	if a := e.get(e.client("auditor"), "/v1/objects/"+key); a.code != http.StatusOK {
+		t.Errorf("auditor reads audit segment %s: %d %.200s", key, a.code, a.body)
+	}
+}
+
+// TestRedteamPathTricks: encoded slashes, dot segments, double slashes and
+// look-alike characters in an object key never reach another namespace's
+// object: each request is refused before the store is read, or names a key
+// the store refuses, and the namespace checked is the object's.
+func TestRedteamPathTricks(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file"})
+	oth := e.vaulted["other"][0].Object
+	_, rest, _ := strings.Cut(oth, "/")
+	alice := e.client("alice")
+	for _, p := range []string{
+		"/v1/objects/payments/../" + oth + manifest.SuffixCiphertext,
+		"/v1/objects/payments%2F..%2F" + strings.ReplaceAll(oth, "/", "%2F") + manifest.SuffixCiphertext,
+		"/v1/objects/payments/%2E%2E/" + oth + manifest.SuffixCiphertext,
+		"/v1/objects/payments%2F%2E%2E%2F" + strings.ReplaceAll(oth, "/", "%2F") + manifest.SuffixCiphertext,
+		"/v1/objects//" + oth + manifest.SuffixCiphertext,
+		"/v1/objects/payments//../" + oth + manifest.SuffixCiphertext,
+		"/v1/objects/other%2F" + strings.ReplaceAll(rest, "/", "%2F") + manifest.SuffixCiphertext,
+		"/v1/objects/payments\\..\\" + oth + manifest.SuffixCiphertext,
+		"/v1/objects/payments/%C0%AE%C0%AE/" + oth + manifest.SuffixCiphertext,
+		"/v1/objects/./" + oth + manifest.SuffixCiphertext,
+		"/v1/checkpoints/payments/../" + oth,
+		"/v1/checkpoints/payments%2F..%2F" + strings.ReplaceAll(oth, "/", "%2F"),
+	} {
+		req, _ := http.NewRequest(http.MethodGet, e.url()+"/", nil)
+		req.URL.Opaque = "" // send the path as written
+		req.URL.RawPath = p
+		req.URL.Path, _ = pathUnescape(p)
+		resp, err := alice.Transport.RoundTrip(req)
+		if err != nil {
+			t.Errorf("%s: %v", p, err)
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent {
+			t.Errorf("alice (payments only) got %d for %s: another namespace's object", resp.StatusCode, p)
+		}
+	}
+	for _, r := range e.records(audit.Filter{Actor: "cert:alice"}) {
+		if r.Outcome == audit.OK && r.Detail["phase"] == "done" && r.Detail["status"] == "200" {
+			t.Errorf("a path trick succeeded: %+v", r)
+		}
+	}
+}
+
+func pathUnescape(p string) (string, error) {
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		if p[i] == '%' && i+2 < len(p) {
+			var c byte
+			if _, err := fmt.Sscanf(p[i+1:i+3], "%02X", &c); err == nil {
+				b.WriteByte(c)
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(p[i])
+	}
+	return b.String(), nil
+}
