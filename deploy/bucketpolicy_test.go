@@ -129,6 +129,18 @@ func TestBucketPolicies(t *testing.T) {
 	denied("service puts a checkpoint", put(service, "payments/api-0/api/20261130T120000Z-ckvault-service-0123456789ab.tar.age", store.Retention{}))
 	denied("service puts a node's audit segment", put(service, "audit/node-a/00000000000000000003-00000000000000000004.jsonl", store.Retention{}))
 	denied("service deletes", service.DeleteVersion(ctx, own+".manifest.json", vManifest, store.DeleteOptions{}))
+	denied("service adds a delete marker", service.Delete(ctx, own+".manifest.json", ""))
+	denied("service overwrites a node's checkpoint", put(service, compliance, store.Retention{}))
+	// Pins through the service (verb pin): legal holds on checkpoint
+	// objects, never on the audit trail.
+	allowed("service pins a node's manifest", service.SetLegalHold(ctx, own+".manifest.json", true))
+	if l, err := gcUser.VersionLock(ctx, own+".manifest.json", vManifest); err != nil || !l.LegalHold {
+		t.Errorf("the service's pin is not on the version: %+v, %v", l, err)
+	}
+	denied("service deletes a pinned version", service.DeleteVersion(ctx, own+".manifest.json", vManifest, store.DeleteOptions{}))
+	allowed("service unpins it", service.SetLegalHold(ctx, own+".manifest.json", false))
+	denied("service sets a hold on an audit segment", service.SetLegalHold(ctx, "audit/node-a/00000000000000000001-00000000000000000002.jsonl", true))
+	denied("service lifts a hold on its own audit segment", service.SetLegalHold(ctx, "audit/ckvault-service/00000000000000000001-00000000000000000002.jsonl", false))
 
 	// GC: versions go only once retention has ended.
 	vc, vg := latestVersion(t, gcUser, compliance), latestVersion(t, gcUser, governance)

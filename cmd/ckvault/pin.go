@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/gc"
+	"github.com/checkpoint-vault/ckvault/vault/remote"
 	"github.com/checkpoint-vault/ckvault/vault/responder"
 )
 
@@ -25,18 +27,26 @@ and their signatures). A pinned checkpoint counts toward the retention limits bu
 versions. A legal hold has no expiry: `+"`ckvault unpin ID`"+` lifts it.
 
 Pins need a store with Object Lock (an S3 bucket created with it) or the file
-store. The pin is recorded in the audit trail.`
+store. The pin is recorded in the audit trail.
+
+Through the vault service (--server URL, see "ckvault list --help") no store
+credentials are needed here: the service sets the hold (PUT /v1/holds/ID)
+when you have its verb pin in the checkpoint's namespace, and records it in
+its own trail.`
 	if !on {
 		use, short, long = "unpin ID --config F", "Lift a pin: retention may delete the checkpoint again",
 			`unpin lifts the legal hold that `+"`ckvault pin`"+` placed on every object of the
 checkpoint. Retention then treats it like any other checkpoint. Recorded in the
-audit trail.`
+audit trail. Through the vault service (--server URL) it needs the verb pin,
+as pinning does (DELETE /v1/holds/ID).`
 	}
 	cmd := &cobra.Command{
 		Use:   use,
 		Short: short,
 		Long:  long,
-		Args:  cobra.ExactArgs(1),
+		Example: "  ckvault " + strings.Fields(use)[0] + " 3f9c --config /etc/ckvault/ckvault.yaml\n" +
+			"  ckvault " + strings.Fields(use)[0] + " 3f9c --server https://vault.example:8443 --ca ca.crt --cert me.crt --key me.key",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runPin(cmd.Context(), cmd.OutOrStdout(), config, args[0], on)
 		},
@@ -46,6 +56,24 @@ audit trail.`
 }
 
 func runPin(ctx context.Context, w io.Writer, config, id string, on bool) error {
+	what := "pinned"
+	if !on {
+		what = "unpinned"
+	}
+	if rc, ok, err := client.resolve(); err != nil {
+		return err
+	} else if ok {
+		rs, err := remote.New(rc.remote)
+		if err != nil {
+			return err
+		}
+		res, err := rs.SetHold(ctx, strings.TrimSpace(id), on)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "%s %s\n", what, termsafe.String(res.Subject))
+		return err
+	}
 	cfg, err := policy.Load(config)
 	if err != nil {
 		return err
@@ -68,10 +96,6 @@ func runPin(ctx context.Context, w io.Writer, config, id string, on bool) error 
 	}
 	if err := gc.Pin(ctx, st, trail, localActor(), base, on); err != nil {
 		return err
-	}
-	what := "pinned"
-	if !on {
-		what = "unpinned"
 	}
 	_, err = fmt.Fprintf(w, "%s %s\n", what, termsafe.String(base))
 	return err

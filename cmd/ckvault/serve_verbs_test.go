@@ -193,3 +193,49 @@ func TestRestoreThroughService(t *testing.T) {
 		t.Errorf("store trail: %d restored, %d restore-fetched, %d denied records; want 1, 1, 2", pushed, reads, denied)
 	}
 }
+
+// TestPinThroughService: `ckvault pin/unpin --server` set and lift the
+// legal hold through the service with the verb pin; a caller without it is
+// refused; the auditor sees the pins in the store's trail.
+func TestPinThroughService(t *testing.T) {
+	f := newVaultFixture(t)
+	s := serveFixture(t, f, `    - {name: pinners, verbs: [pin], namespaces: [payments], subjects: [{user: pete}]}
+    - {name: fetchers, verbs: [list, get, fetch], namespaces: ["*"], subjects: [{user: alice}]}
+`, "", "pete", "alice")
+	base := f.manifests[0].Object
+	held := func() bool {
+		oi, err := f.st.Stat(context.Background(), f.manifests[0].Objects().Ciphertext)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return oi.LegalHold
+	}
+	out, stderr, err := s.as(t, "pete", "pin", f.id(0))
+	if err != nil || strings.TrimSpace(out) != "pinned "+base || !held() {
+		t.Fatalf("pin --server: %v %q %s; held %v", err, out, stderr, held())
+	}
+	if _, _, err := s.as(t, "alice", "unpin", base); err == nil || !strings.Contains(err.Error(), "403") || !held() {
+		t.Errorf("unpin --server as alice (no pin verb): %v; held %v", err, held())
+	}
+	// A short id resolves only among the checkpoints the caller may pin.
+	if _, _, err := s.as(t, "alice", "unpin", f.id(0)); err == nil || !strings.Contains(err.Error(), "404") || !held() {
+		t.Errorf("unpin --server as alice by short id: %v; held %v", err, held())
+	}
+	if _, _, err := s.as(t, "pete", "pin", f.manifests[1].Object); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("pin --server of another namespace: %v", err)
+	}
+	out, _, err = s.as(t, "pete", "unpin", base)
+	if err != nil || strings.TrimSpace(out) != "unpinned "+base || held() {
+		t.Errorf("unpin --server: %v %q; held %v", err, out, held())
+	}
+	s.srv.Export(context.Background())
+	var pins int
+	for _, r := range storeAudit(t, f, "--subject", base, "--actor", "cert:pete") {
+		if r["action"] == "pinned" || r["action"] == "unpinned" {
+			pins++
+		}
+	}
+	if pins != 4 {
+		t.Errorf("store trail: %d pinned/unpinned records of pete, want 4 (intent and outcome of each)", pins)
+	}
+}

@@ -19,7 +19,15 @@ import (
 //
 // On S3 the hold is set on each object's current version; GC treats a
 // hold on any version as a pin of the whole checkpoint.
-func Pin(ctx context.Context, st store.Store, au Auditor, actor, base string, on bool) error {
+// Holder is what Pin needs of a store: setting and lifting legal holds.
+// store.Store implements it (a node's, the retention job's, or the vault
+// service's store, whose credentials allow s3:PutObjectLegalHold).
+type Holder interface {
+	SetLegalHold(ctx context.Context, key string, on bool) error
+	Describe() string
+}
+
+func Pin(ctx context.Context, st Holder, au Auditor, actor, base string, on bool) error {
 	if au == nil {
 		return errors.New("pin: no audit trail: pins are recorded, so this refuses to run without one")
 	}

@@ -33,3 +33,18 @@ func (s *Store) ReportRestore(ctx context.Context, base string, rep RestoreRepor
 	}
 	return &r, nil
 }
+
+// SetHold places (on) or lifts the legal hold on every object of the
+// checkpoint id (a base key or a unique short id): PUT or DELETE
+// /v1/holds/{id} (verb pin).
+func (s *Store) SetHold(ctx context.Context, id string, on bool) (*Recorded, error) {
+	method := http.MethodPut
+	if !on {
+		method = http.MethodDelete
+	}
+	var r Recorded
+	if err := s.send(ctx, method, APIVersion+"/holds/"+id, nil, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}

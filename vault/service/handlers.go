@@ -231,7 +231,7 @@ func (s *Service) resolveShortID(q *request, prefix, verbName string) (string, e
 	case 1:
 		return mine[0], nil
 	case 0:
-		writeError(q.w, http.StatusNotFound, remote.Error{Error: fmt.Sprintf("no checkpoint you may read has an id starting with %q; run `ckvault list`", prefix)})
+		writeError(q.w, http.StatusNotFound, remote.Error{Error: fmt.Sprintf("no checkpoint you may use with verb %s has an id starting with %q; run `ckvault list`, or give the full key to see which grant you lack", verbName, prefix)})
 	default:
 		writeError(q.w, http.StatusConflict, remote.Error{Error: fmt.Sprintf("id %q is ambiguous: it matches %s; give more digits", prefix, strings.Join(mine, ", "))})
 	}

@@ -154,7 +154,7 @@ func Start(ctx context.Context, cfg *policy.Config, su Setup) (*Server, error) {
 	}
 	svc, err := New(Options{
 		Store: su.Store, Index: idx, Audit: trail, Trail: trail, HeadVerifier: su.Trusted.DER(),
-		Tokens: tokens, Audience: audience, Authz: authz,
+		Tokens: tokens, Audience: audience, Authz: authz, Holds: su.Store,
 		MaxStreams: sc.MaxStreams, RateLimit: sc.RateLimit, RateBurst: sc.RateBurst,
 		Logger: log, Registry: prometheus.NewRegistry(),
 	})

@@ -32,6 +32,7 @@ import (
 
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/policy"
+	"github.com/checkpoint-vault/ckvault/vault/gc"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
 	"github.com/checkpoint-vault/ckvault/vault/remote"
 	"github.com/checkpoint-vault/ckvault/vault/store"
@@ -63,6 +64,9 @@ type Options struct {
 	Tokens   TokenReviewer
 	Audience string
 	Authz    Authorizer
+	// Holds sets and lifts legal holds (PUT/DELETE /v1/holds); nil
+	// answers 501.
+	Holds gc.Holder
 	// MaxStreams caps concurrent object streams; RateLimit and RateBurst
 	// limit requests per identity.
 	MaxStreams int
@@ -85,6 +89,7 @@ type Service struct {
 	tokens   TokenReviewer
 	audience string
 	authz    Authorizer
+	holds    gc.Holder
 	log      *slog.Logger
 
 	streams      chan struct{}
@@ -143,7 +148,7 @@ func New(o Options) (*Service, error) {
 	}
 	s := &Service{
 		st: o.Store, index: o.Index, audit: o.Audit, trail: o.Trail, headV: o.HeadVerifier,
-		tokens: o.Tokens, audience: o.Audience, authz: o.Authz, log: o.Logger,
+		tokens: o.Tokens, audience: o.Audience, authz: o.Authz, holds: o.Holds, log: o.Logger,
 		streams: make(chan struct{}, o.MaxStreams), writeTimeout: o.WriteTimeout,
 		rateLimit: rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*limiterEntry{},
 		reg: o.Registry,
@@ -179,6 +184,8 @@ func New(o Options) (*Service, error) {
 	mux.HandleFunc("GET /v1/audit/verify", s.api("verify", s.handleAuditVerify))
 	mux.HandleFunc("POST /v1/index/refresh", s.api("refresh", s.handleRefresh))
 	mux.HandleFunc("POST /v1/restores/{id...}", s.api("restore", s.handleRestoreReport))
+	mux.HandleFunc("PUT /v1/holds/{id...}", s.api("hold", s.handleHold))
+	mux.HandleFunc("DELETE /v1/holds/{id...}", s.api("hold", s.handleHold))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, remote.Error{Error: fmt.Sprintf("no such endpoint %s %s; see docs/API.md", r.Method, clipPath(r.URL.Path))})
 	})
