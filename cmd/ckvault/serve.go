@@ -6,7 +6,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/checkpoint-vault/ckvault/crypto/signing"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/service"
 	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
@@ -57,13 +56,9 @@ Clients: list, verify, fetch, inspect, restore and audit query/verify with
 			if err != nil {
 				return err
 			}
-			pw := signing.PasswordFromEnv()
-			if cfg.Signing.PasswordFile != "" {
-				pw = signing.PasswordFromFile(cfg.Signing.PasswordFile)
-			}
-			signer, err := signing.LoadSigner(ctx, cfg.Signing.Key, pw)
+			signer, err := loadSigner(ctx, cfg)
 			if err != nil {
-				return fmt.Errorf("loading signing key %s (it signs the service's audit heads): %w", cfg.Signing.Key, err)
+				return fmt.Errorf("%w (it signs the service's audit heads)", err)
 			}
 			srv, err := service.Start(ctx, cfg, service.Setup{Store: st, Trusted: tk, Signer: signer, RebuildIndex: rebuild})
 			if err != nil {

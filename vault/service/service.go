@@ -249,7 +249,7 @@ func (s *Service) api(route string, h func(q *request) error) http.HandlerFunc {
 		id, err := s.authenticate(r)
 		if err != nil {
 			if errors.Is(err, errUnauthenticated) {
-				s.refuseUnauthenticated(cw, r, err)
+				s.refuseUnauthenticated(cw, r, route, start, err)
 				return
 			}
 			s.log.Error("authenticating a request", "err", err)
@@ -268,22 +268,22 @@ func (s *Service) api(route string, h func(q *request) error) http.HandlerFunc {
 	}
 }
 
-// refuseUnauthenticated answers 401 to a request without acceptable
-// credentials, and records the refusal like any other: an attempt on a
-// checkpoint is in the trail whether or not its author could authenticate
-// (the object, its namespace, the source address, which credential failed
-// and why). Such requests are rate limited per source address first, as
-// authenticated ones are per identity, so an anonymous flood grows the
-// trail no faster than one caller may. A refusal that cannot be recorded
-// is a 503, as for authenticated callers.
-func (s *Service) refuseUnauthenticated(w *countingWriter, r *http.Request, cause error) {
-	anon := Identity{Kind: "anonymous", User: remoteHost(r)}
+// refuseUnauthenticated answers 401 to a caller without acceptable
+// credentials, and records the refusal like any denial: every attempt to
+// read the vault is in the trail, with its source address. The caller is
+// rate-limited by source address first (429, unrecorded), so a flood of
+// anonymous requests costs the trail at most the burst per address. A
+// refusal that cannot be recorded is a 503, as for any request.
+func (s *Service) refuseUnauthenticated(cw *countingWriter, r *http.Request, route string, start time.Time, err error) {
+	anon := Identity{Kind: "unauthenticated", User: remoteHost(r)}
 	if wait, ok := s.allow(anon); !ok {
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-		writeError(w, http.StatusTooManyRequests, remote.Error{Error: fmt.Sprintf("too many unauthenticated requests from %s; retry after %s", anon.User, wait.Round(time.Second))})
+		cw.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		writeError(cw, http.StatusTooManyRequests, remote.Error{Error: fmt.Sprintf("too many unauthenticated requests from %s; retry after %s", anon.User, wait.Round(time.Second))})
 		return
 	}
-	q := &request{s: s, w: w, r: r, id: anon}
+	q := &request{s: s, w: cw, r: r, id: anon, start: start, route: route}
+	// The record names the object (and its namespace) the caller tried,
+	// and which credential failed, as an authenticated refusal would.
 	subject, namespace := r.Method+" "+r.URL.Path, ""
 	if key := r.PathValue("key"); key != "" {
 		subject = key
@@ -294,19 +294,20 @@ func (s *Service) refuseUnauthenticated(w *countingWriter, r *http.Request, caus
 	}
 	rec := q.baseRecord("denied", subject, namespace)
 	rec.Outcome = audit.Denied
+	rec.Detail["request"] = route
+	rec.Detail["path"] = clip(r.Method + " " + r.URL.Path)
 	rec.Detail["auth"] = "none"
 	if r.Header.Get("Authorization") != "" {
 		rec.Detail["auth"] = "rejected token"
 	}
-	rec.Detail["request"] = r.Method + " " + clip(r.URL.Path)
-	rec.Detail["reason"] = clip(cause.Error())
+	rec.Detail["reason"] = clip(err.Error())
 	rec.Detail["status"] = "401"
-	if _, err := s.audit.Append(r.Context(), rec); err != nil {
-		q.auditUnavailable(err)
+	if _, aerr := s.audit.Append(r.Context(), rec); aerr != nil {
+		q.auditUnavailable(aerr)
 		return
 	}
-	w.Header().Set("WWW-Authenticate", `Bearer realm="ckvault"`)
-	writeError(w, http.StatusUnauthorized, remote.Error{Error: cause.Error()})
+	cw.Header().Set("WWW-Authenticate", `Bearer realm="ckvault"`)
+	writeError(cw, http.StatusUnauthorized, remote.Error{Error: err.Error()})
 }
 
 // allow applies the per-identity rate limit; it returns how long to wait
@@ -471,9 +472,9 @@ func (q *request) auditUnavailable(err error) {
 	writeError(q.w, http.StatusServiceUnavailable, remote.Error{Error: "the service cannot record this request in its audit trail, so it serves nothing; retry later or tell the operator (" + err.Error() + ")"})
 }
 
-// clip makes s fit an audit field: valid UTF-8 (the trail refuses
-// anything else, and request paths and headers need not be), cut at a
-// character boundary to the field's length.
+// clip makes s a valid record field: valid UTF-8 (a request's path or
+// key may not be), at most audit.MaxFieldLen bytes, cut on a character
+// boundary. A field the trail refuses would turn the request into a 503.
 func clip(s string) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
 	if len(s) > audit.MaxFieldLen {
