@@ -60,7 +60,11 @@ Clients: list, verify, fetch, inspect, restore and audit query/verify with
 			if err != nil {
 				return fmt.Errorf("%w (it signs the service's audit heads)", err)
 			}
-			srv, err := service.Start(ctx, cfg, service.Setup{Store: st, Trusted: tk, Signer: signer, RebuildIndex: rebuild})
+			atk, err := auditTrustedKeys(cfg)
+			if err != nil {
+				return err
+			}
+			srv, err := service.Start(ctx, cfg, service.Setup{Store: st, Trusted: tk, AuditTrusted: atk, Signer: signer, RebuildIndex: rebuild})
 			if err != nil {
 				return err
 			}
