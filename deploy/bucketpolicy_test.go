@@ -27,7 +27,8 @@ func TestMain(m *testing.M) { os.Exit(testservers.Main(m)) }
 // and cannot delete; the service reads everything and writes only its own
 // audit segments; GC deletes versions only once retention has ended — it
 // cannot bypass governance without the extra policy, and nobody, with or
-// without it, bypasses compliance; GC never touches audit segments.
+// without it, bypasses compliance; GC writes only its own audit segments
+// and deletes none.
 func TestBucketPolicies(t *testing.T) {
 	srv := testservers.Shared(t, testservers.MinIO)
 	ctx := context.Background()
@@ -162,6 +163,12 @@ func TestBucketPolicies(t *testing.T) {
 	denied("gc writes a checkpoint", put(gcUser, "payments/api-0/api/20261130T120000Z-ckvault-gc-0123456789ab.tar.age", store.Retention{}))
 	seg := "audit/node-a/00000000000000000001-00000000000000000002.jsonl"
 	denied("gc deletes an audit segment", gcUser.DeleteVersion(ctx, seg, latestVersion(t, gcUser, seg), store.DeleteOptions{}))
+	// gc exports its own trail (node: ckvault-gc), and can delete none of it.
+	ownSeg := "audit/ckvault-gc/00000000000000000001-00000000000000000002.jsonl"
+	allowed("gc exports its audit segment under retention", put(gcUser, ownSeg, store.Retention{Mode: "governance", Until: until}))
+	denied("gc puts a node's audit segment", put(gcUser, "audit/node-a/00000000000000000003-00000000000000000004.jsonl", store.Retention{}))
+	denied("gc deletes its own audit segment", gcUser.DeleteVersion(ctx, ownSeg, latestVersion(t, gcUser, ownSeg), store.DeleteOptions{}))
+	denied("gc bypasses governance on its own audit segment", gcBypass.DeleteVersion(ctx, ownSeg, latestVersion(t, gcUser, ownSeg), store.DeleteOptions{BypassGovernance: true}))
 	allowed("gc deletes an unlocked version", gcUser.DeleteVersion(ctx, own+".manifest.json", vManifest, store.DeleteOptions{}))
 	time.Sleep(time.Until(until) + 1500*time.Millisecond)
 	allowed("gc deletes a version whose compliance retention ended", gcUser.DeleteVersion(ctx, compliance, vc, store.DeleteOptions{}))

@@ -374,6 +374,20 @@ func trustedKeys(cfg *policy.Config) (*signing.TrustedKeys, error) {
 	return signing.LoadTrustedKeys(paths...)
 }
 
+// loadSigner loads signing.key, with the password from
+// signing.passwordFile or else $CKVAULT_SIGNING_PASSWORD.
+func loadSigner(ctx context.Context, cfg *policy.Config) (*signing.Signer, error) {
+	pw := signing.PasswordFromEnv()
+	if cfg.Signing.PasswordFile != "" {
+		pw = signing.PasswordFromFile(cfg.Signing.PasswordFile)
+	}
+	s, err := signing.LoadSigner(ctx, cfg.Signing.Key, pw)
+	if err != nil {
+		return nil, fmt.Errorf("loading signing key %s: %w", cfg.Signing.Key, err)
+	}
+	return s, nil
+}
+
 func readStoreTrail(ctx context.Context, cfg *policy.Config) (*audit.StoreTrail, error) {
 	tk, err := trustedKeys(cfg)
 	if err != nil {

@@ -3,14 +3,18 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/checkpoint-vault/ckvault/audit"
+	"github.com/checkpoint-vault/ckvault/crypto/signing"
 	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/gc"
@@ -49,6 +53,13 @@ Deleting means every version of all six objects, delete markers included, the
 manifest first; an intent object (gc/intents/) and an audit record precede
 each deletion, so an interrupted run is finished by the next one. Exported
 audit segments are never touched.
+
+Audit: where the node daemon runs, gc records in its trail. Elsewhere (the
+CronJob, an operator's machine) gc keeps its own trail in stateDir, signs its
+head with signing.key (signing.passwordFile or $CKVAULT_SIGNING_PASSWORD) and
+exports it to the store under audit/<node>/ at the end of every real run, so
+"ckvault audit query --from-store" shows its deletions; a real run without a
+usable signing key refuses to start.
 
 --dry-run prints exactly what a real run would delete, and why, and changes
 nothing. -o json prints the plan (and, for a real run, the result) as JSON.
@@ -100,7 +111,7 @@ func openGCStore(cfg *policy.Config) (gc.Store, error) {
 // gcReport is `gc -o json`, and the service's answer to `gc --server`.
 type gcReport = remote.GCReport
 
-func (o *gcOptions) run(ctx context.Context, w io.Writer) error {
+func (o *gcOptions) run(ctx context.Context, w io.Writer) (err error) {
 	if err := checkOutput(o.output, "table", "json"); err != nil {
 		return err
 	}
@@ -124,13 +135,23 @@ func (o *gcOptions) run(ctx context.Context, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	trail, closeTrail, err := openResponderAudit(ctx, cfg)
+	// A dry run deletes nothing and records nothing; a real run's records
+	// must reach the store (openGCAudit).
+	var trail gc.Auditor
+	var closeTrail func() error
+	if o.dryRun {
+		trail, closeTrail, err = openResponderAudit(ctx, cfg)
+	} else {
+		trail, closeTrail, err = openGCAudit(ctx, cfg, tk)
+	}
 	if err != nil {
 		return err
 	}
 	defer func() {
-		if err := closeTrail(); err != nil {
-			slog.Warn("closing the audit trail", "err", err)
+		if cerr := closeTrail(); cerr != nil && err == nil {
+			err = cerr
+		} else if cerr != nil {
+			slog.Error("gc's audit trail", "err", cerr)
 		}
 	}()
 	opts := gc.Options{Policy: cfg.Retention, Trusted: tk, Audit: trail, Actor: localActor(),
@@ -185,6 +206,66 @@ func (o *gcOptions) report(w io.Writer, rep *gcReport, runErr error) error {
 		return fmt.Errorf("%d of %d deletions failed (first: %s: %s); an intent is left for each, and the next run finishes them", len(rep.Failed), len(plan.Delete), rep.Failed[0].Base, rep.Failed[0].Error)
 	case len(plan.Unverified) > 0:
 		return fmt.Errorf("%w: %d objects have a manifest (or GC intent) that does not verify; gc kept them: check them with `ckvault verify`, and that signing.publicKeys lists every key that ever signed", errVerification, len(plan.Unverified))
+	}
+	return nil
+}
+
+// openGCAudit opens where a real gc run records its deletions. Where the
+// node daemon runs, its trail, which the daemon signs and exports.
+// Elsewhere — the CronJob of deploy/kubernetes/components/gc, an operator's
+// machine — gc's own trail in stateDir, under node: cfg.Node: its head is
+// signed with signing.key and the trail exported to the store when the
+// returned close runs, with audit.Log.Export as the daemon and the service
+// export theirs, so that `ckvault audit query|verify --from-store` show
+// every deletion (with its policy), orphan removal and governance bypass
+// after the pod is gone. Export is resumable: segments a failed export
+// left behind go with the next run.
+//
+// Without a usable signing key a real run refuses before deleting
+// anything: records that could never be exported would die with the pod.
+// close returns an export failure as an error (gc then exits non-zero; the
+// records stay in stateDir for the next run).
+func openGCAudit(ctx context.Context, cfg *policy.Config, tk *signing.TrustedKeys) (gc.Auditor, func() error, error) {
+	a, local, closeFn, err := openAuditTrail(ctx, cfg, func() (audit.Options, error) {
+		signer, err := loadSigner(ctx, cfg)
+		if err != nil {
+			return audit.Options{}, fmt.Errorf("%w; no node daemon answers here, so gc signs its own audit trail's head with this key and exports the trail to the store, so that its deletions outlive this machine or pod: mount signing.key (and signing.passwordFile, or set %s), or run gc where the node daemon runs; nothing was deleted", err, signing.PasswordEnv)
+		}
+		return audit.Options{Node: cfg.Node, Signer: signer, Verifier: tk.DER()}, nil
+	})
+	if err != nil || local == nil {
+		return a, closeFn, err
+	}
+	return a, func() error {
+		// The run's own context may be ending (SIGTERM, the Job's
+		// deadline); the export still gets its chance.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		xerr := exportTrail(ctx, cfg, local)
+		if cerr := local.Close(); cerr != nil {
+			return errors.Join(xerr, fmt.Errorf("closing gc's audit trail in %s: %w", cfg.StateDir, cerr))
+		}
+		return xerr
+	}, nil
+}
+
+// exportTrail signs l's head and exports its sealed segments to the
+// configured store (with the config's Object Lock retention, as the
+// daemon's are).
+func exportTrail(ctx context.Context, cfg *policy.Config, l *audit.Log) error {
+	if _, err := l.SignHead(ctx); err != nil {
+		return fmt.Errorf("signing the head of gc's audit trail in %s: %w; its records are kept there and the next run exports them", cfg.StateDir, err)
+	}
+	st, err := storeconfig.Open(cfg.Store, slog.Default())
+	if err != nil {
+		return err
+	}
+	res, err := l.Export(ctx, st, audit.ExportOptions{})
+	if err != nil {
+		return fmt.Errorf("gc's audit records are not in the store yet: %w; they are kept in %s and the next run exports them (the store identity needs put on audit/%s/*, see deploy/bucket-policies/gc.json)", err, cfg.StateDir, cfg.Node)
+	}
+	if len(res.Keys) > 0 {
+		slog.Info("exported gc's audit segments", "count", len(res.Keys), "through", res.Through, "store", st.Describe())
 	}
 	return nil
 }

@@ -84,32 +84,47 @@ var (
 // else in the trail itself, opened for writing. There is no third way:
 // when neither works the command refuses (audit fails closed) rather than
 // read the vault unrecorded.
+//
+// Without a daemon the trail has no head signer: the signing key is the
+// daemon's (often in a KMS, or behind scrypt, whose 64 MiB would dwarf a
+// fetch's memory). The records are hash-chained at once, and covered by a
+// signed head the next time the daemon signs one on this node.
 func openResponderAudit(ctx context.Context, cfg *policy.Config) (responder.Auditor, func() error, error) {
+	a, _, closeFn, err := openAuditTrail(ctx, cfg, func() (audit.Options, error) { return audit.Options{Node: cfg.Node}, nil })
+	return a, closeFn, err
+}
+
+// openAuditTrail returns the node daemon's trail through its socket when
+// the daemon answers (local is nil then: the daemon signs and exports it),
+// else this node's trail in stateDir opened with localOpts (local is that
+// log). localOpts runs only when the local log is needed, so loading a
+// signing key for it costs nothing when the daemon is there.
+func openAuditTrail(ctx context.Context, cfg *policy.Config, localOpts func() (audit.Options, error)) (a responder.Auditor, local *audit.Log, closeFn func() error, err error) {
 	sock := filepath.Join(cfg.StateDir, auditsock.SocketName)
 	c := auditsock.Dial(sock)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err := c.Ping(pctx)
+	err = c.Ping(pctx)
 	cancel()
 	switch {
 	case err == nil:
-		return c, c.Close, nil
+		return c, nil, c.Close, nil
 	case errors.Is(err, fs.ErrPermission):
-		return nil, nil, fmt.Errorf("%w: the daemon on this node holds the audit trail, and only root (or the daemon's user) may record a responder's access through its socket; run this command as root, or on another machine with its own stateDir", err)
+		return nil, nil, nil, fmt.Errorf("%w: the daemon on this node holds the audit trail, and only root (or the daemon's user) may record a responder's access through its socket; run this command as root, or on another machine with its own stateDir", err)
 	case !errors.Is(err, auditsock.ErrNoDaemon):
-		return nil, nil, fmt.Errorf("%w: every read of the vault is recorded in this node's audit trail, which the daemon holds; check that the daemon is healthy (systemctl status ckvault, or its pod)", err)
+		return nil, nil, nil, fmt.Errorf("%w: every read of the vault is recorded in this node's audit trail, which the daemon holds; check that the daemon is healthy (systemctl status ckvault, or its pod)", err)
 	}
-	// No daemon. No head signer: the signing key is the daemon's (often in
-	// a KMS, or behind scrypt, whose 64 MiB would dwarf a fetch's memory).
-	// The records are hash-chained at once, and covered by a signed head
-	// the next time the daemon signs one on this node.
-	l, err := audit.Open(audit.Path(cfg.StateDir), audit.Options{Node: cfg.Node})
+	opts, err := localOpts()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	l, err := audit.Open(audit.Path(cfg.StateDir), opts)
 	if err == nil {
-		return l, l.Close, nil
+		return l, l, l.Close, nil
 	}
 	if errors.Is(err, audit.ErrLocked) {
-		return nil, nil, fmt.Errorf("%w, and no daemon answers on %s: another ckvault command may be using it (retry when it ends), or the daemon is starting or hung", err, sock)
+		return nil, nil, nil, fmt.Errorf("%w, and no daemon answers on %s: another ckvault command may be using it (retry when it ends), or the daemon is starting or hung", err, sock)
 	}
-	return nil, nil, fmt.Errorf("opening the audit trail in %s: %w; every read of the vault is recorded there, so set stateDir to a directory you may write", cfg.StateDir, err)
+	return nil, nil, nil, fmt.Errorf("opening the audit trail in %s: %w; every read of the vault is recorded there, so set stateDir to a directory you may write", cfg.StateDir, err)
 }
 
 // localActor names the person running the command: uid, user name and

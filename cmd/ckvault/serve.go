@@ -65,13 +65,9 @@ query/verify with --server https://HOST:PORT.`,
 			if err != nil {
 				return err
 			}
-			pw := signing.PasswordFromEnv()
-			if cfg.Signing.PasswordFile != "" {
-				pw = signing.PasswordFromFile(cfg.Signing.PasswordFile)
-			}
-			signer, err := signing.LoadSigner(ctx, cfg.Signing.Key, pw)
+			signer, err := loadSigner(ctx, cfg)
 			if err != nil {
-				return fmt.Errorf("loading signing key %s (it signs the service's audit heads): %w", cfg.Signing.Key, err)
+				return fmt.Errorf("%w (it signs the service's audit heads)", err)
 			}
 			ret, off, err := serveRetention(cfg, tk)
 			if err != nil {

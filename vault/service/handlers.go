@@ -246,6 +246,12 @@ func (s *Service) handleObject(q *request) error {
 	if len(key) > maxQueryValue || key == "" || strings.ContainsFunc(key, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		return q.fail(badRequest("object key is empty, too long or has control characters"))
 	}
+	if err := store.ValidKey(key); err != nil {
+		// Dot segments, empty segments, backslashes, invalid UTF-8: no
+		// object has such a key, and its first segment is not the
+		// namespace of anything.
+		return q.fail(badRequest("%v", err))
+	}
 	purpose, err := ParseObjectQuery(q.r.URL.Query())
 	if err != nil {
 		return q.fail(err)

@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -262,8 +263,7 @@ func (s *Service) api(route string, h func(q *request) error) http.HandlerFunc {
 		id, err := s.authenticate(r)
 		if err != nil {
 			if errors.Is(err, errUnauthenticated) {
-				cw.Header().Set("WWW-Authenticate", `Bearer realm="ckvault"`)
-				writeError(cw, http.StatusUnauthorized, remote.Error{Error: err.Error()})
+				s.refuseUnauthenticated(cw, r, route, start, err)
 				return
 			}
 			s.log.Error("authenticating a request", "err", err)
@@ -280,6 +280,48 @@ func (s *Service) api(route string, h func(q *request) error) http.HandlerFunc {
 			s.log.Warn("request failed", "route", route, "actor", id.Actor(), "err", err)
 		}
 	}
+}
+
+// refuseUnauthenticated answers 401 to a caller without acceptable
+// credentials, and records the refusal like any denial: every attempt to
+// read the vault is in the trail, with its source address. The caller is
+// rate-limited by source address first (429, unrecorded), so a flood of
+// anonymous requests costs the trail at most the burst per address. A
+// refusal that cannot be recorded is a 503, as for any request.
+func (s *Service) refuseUnauthenticated(cw *countingWriter, r *http.Request, route string, start time.Time, err error) {
+	anon := Identity{Kind: "unauthenticated", User: remoteHost(r)}
+	if wait, ok := s.allow(anon); !ok {
+		cw.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		writeError(cw, http.StatusTooManyRequests, remote.Error{Error: fmt.Sprintf("too many unauthenticated requests from %s; retry after %s", anon.User, wait.Round(time.Second))})
+		return
+	}
+	q := &request{s: s, w: cw, r: r, id: anon, start: start, route: route}
+	// The record names the object (and its namespace) the caller tried,
+	// and which credential failed, as an authenticated refusal would.
+	subject, namespace := r.Method+" "+r.URL.Path, ""
+	if key := r.PathValue("key"); key != "" {
+		subject = key
+		_, namespace, _ = verbOfObject(key)
+	} else if id := r.PathValue("id"); strings.Contains(id, "/") {
+		subject = id
+		namespace, _, _ = strings.Cut(id, "/")
+	}
+	rec := q.baseRecord("denied", subject, namespace)
+	rec.Outcome = audit.Denied
+	rec.Detail["request"] = route
+	rec.Detail["path"] = clip(r.Method + " " + r.URL.Path)
+	rec.Detail["auth"] = "none"
+	if r.Header.Get("Authorization") != "" {
+		rec.Detail["auth"] = "rejected token"
+	}
+	rec.Detail["reason"] = clip(err.Error())
+	rec.Detail["status"] = "401"
+	if _, aerr := s.audit.Append(r.Context(), rec); aerr != nil {
+		q.auditUnavailable(aerr)
+		return
+	}
+	cw.Header().Set("WWW-Authenticate", `Bearer realm="ckvault"`)
+	writeError(cw, http.StatusUnauthorized, remote.Error{Error: err.Error()})
 }
 
 // allow applies the per-identity rate limit; it returns how long to wait
@@ -348,15 +390,29 @@ func (q *request) authorize(verbName, namespace, subject string) bool {
 	return false
 }
 
+// baseRecord is a record of this request. The namespace, pod and
+// container come from the request (an object key), so each is kept only
+// when it is a valid Kubernetes name: the trail refuses records with
+// invalid ones, and a request naming something no checkpoint can be named
+// must still be recorded (the subject keeps the key as given).
 func (q *request) baseRecord(action, subject, namespace string) audit.Record {
 	rec := audit.Record{
-		Actor: clip(q.id.Actor()), Action: action, Subject: clip(subject), Namespace: namespace, Outcome: audit.OK,
+		Actor: clip(q.id.Actor()), Action: action, Subject: clip(subject), Namespace: validName(namespace, "", ""), Outcome: audit.OK,
 		Detail: map[string]string{"source": clip(q.r.RemoteAddr), "auth": q.id.Kind},
 	}
 	if kp, ok := parseKeyParts(subject); ok {
-		rec.Pod, rec.Container = kp[1], kp[2]
+		rec.Pod, rec.Container = validName("", kp[1], ""), validName("", "", kp[2])
 	}
 	return rec
+}
+
+// validName returns whichever of namespace, pod and container is given if
+// it is a valid name of its kind, else "".
+func validName(namespace, pod, container string) string {
+	if audit.CheckIdentity(namespace, pod, container) != nil {
+		return ""
+	}
+	return namespace + pod + container
 }
 
 func parseKeyParts(key string) ([]string, bool) {
@@ -430,9 +486,17 @@ func (q *request) auditUnavailable(err error) {
 	writeError(q.w, http.StatusServiceUnavailable, remote.Error{Error: "the service cannot record this request in its audit trail, so it serves nothing; retry later or tell the operator (" + err.Error() + ")"})
 }
 
+// clip makes s a valid record field: valid UTF-8 (a request's path or
+// key may not be), at most audit.MaxFieldLen bytes, cut on a character
+// boundary. A field the trail refuses would turn the request into a 503.
 func clip(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
 	if len(s) > audit.MaxFieldLen {
-		return s[:audit.MaxFieldLen-3] + "..."
+		cut := audit.MaxFieldLen - 3
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		return s[:cut] + "..."
 	}
 	return s
 }

@@ -104,19 +104,39 @@ func TestAuthorisationTable(t *testing.T) {
 				}
 			}
 
+			// Refused callers are audited too: a denied record naming the
+			// source address for each 401.
+			refused := 0
 			// No certificate, no token: 401, nothing served.
-			if a := e.get(e.client(""), "/v1/checkpoints"); a.code != http.StatusUnauthorized {
-				t.Errorf("anonymous list: %d %s, want 401", a.code, a.body)
+			for _, r := range reqs {
+				if a := e.get(e.client(""), r.path); a.code != http.StatusUnauthorized {
+					t.Errorf("anonymous %s: %d %s, want 401", r.name, a.code, a.body)
+				} else {
+					refused++
+				}
 			}
 			// A token, but the service has no TokenReview configured: 401.
 			if a := e.get(e.client(""), "/v1/checkpoints", "Authorization", "Bearer abc"); a.code != http.StatusUnauthorized {
 				t.Errorf("token without kubernetes: %d %s, want 401", a.code, a.body)
+			} else {
+				refused++
 			}
 			// A certificate from another CA (CN alice!) is not accepted: Go's
 			// client does not even offer it (the server names its CA), and
 			// the request is anonymous.
 			if a := e.get(e.client("stranger"), "/v1/checkpoints?namespace=payments"); a.code != -1 && a.code != http.StatusUnauthorized {
 				t.Errorf("certificate from another CA: %d %s, want 401 or a TLS failure", a.code, a.body)
+			} else if a.code == http.StatusUnauthorized {
+				refused++
+			}
+			recs := e.records(audit.Filter{Actor: "unauthenticated:127.0.0.1"})
+			if len(recs) != refused {
+				t.Errorf("%d records of unauthenticated requests, want one for each of the %d refused", len(recs), refused)
+			}
+			for _, r := range recs {
+				if r.Outcome != audit.Denied || r.Action != "denied" || r.Detail["status"] != "401" || r.Detail["source"] == "" || r.Detail["reason"] == "" {
+					t.Errorf("record of an unauthenticated request: %+v", r)
+				}
 			}
 		})
 	}
@@ -581,4 +601,23 @@ func laptopTrail(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return filepath.Join(d, audit.FileName)
+}
+
+// TestRecordFieldsFromRequestsAreValid: what a caller puts in a request
+// reaches the trail clipped to valid UTF-8 on a character boundary, so an
+// odd but harmless request (a prefix that is not UTF-8, or long and
+// multi-byte) is answered — here an empty listing — with its records,
+// rather than refused 503 as if the trail were down.
+func TestRecordFieldsFromRequestsAreValid(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file"})
+	alice := e.client("alice")
+	for _, prefix := range []string{"payments/\xff", strings.Repeat("é", 512)} {
+		l, a := e.list(alice, "?prefix="+url.QueryEscape(prefix))
+		if a.code != http.StatusOK || len(l.Items) != 0 {
+			t.Errorf("list with prefix %.20q…: %d %.200s, want 200 and no entries", prefix, a.code, a.body)
+		}
+	}
+	if n := len(e.records(audit.Filter{Actor: "cert:alice", Action: "listed"})); n != 4 {
+		t.Errorf("%d listed records, want an intent and an outcome for each of 2 lists", n)
+	}
 }
