@@ -100,7 +100,7 @@ type Service struct {
 	retentionOff string
 	log          *slog.Logger
 
-	streams      chan struct{}
+	streams      *streamSlots
 	writeTimeout time.Duration
 	rateLimit    rate.Limit
 	rateBurst    int
@@ -161,8 +161,8 @@ func New(o Options) (*Service, error) {
 		st: o.Store, index: o.Index, audit: o.Audit, trail: o.Trail, headV: o.HeadVerifier,
 		tokens: o.Tokens, audience: o.Audience, authz: o.Authz, holds: o.Holds, log: o.Logger,
 		retention: o.Retention, retentionOff: o.RetentionOff,
-		streams: make(chan struct{}, o.MaxStreams), writeTimeout: o.WriteTimeout,
-		rateLimit: rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*limiterEntry{},
+		writeTimeout: o.WriteTimeout,
+		rateLimit:    rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*limiterEntry{},
 		reg: o.Registry,
 	}
 	s.m = metrics{
@@ -181,6 +181,7 @@ func New(o Options) (*Service, error) {
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ckvault_serve_request_seconds",
 			Help: "Time to answer, by route (streams: to the last byte).", Buckets: prometheus.DefBuckets}, []string{"route"}),
 	}
+	s.streams = newStreamSlots(o.MaxStreams, s.m.streams.Add)
 	o.Registry.MustRegister(s.m.requests, s.m.bytes, s.m.denied, s.m.auditFail, s.m.streams, s.m.entries, s.m.latency)
 
 	mux := http.NewServeMux()
