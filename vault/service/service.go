@@ -161,8 +161,7 @@ func New(o Options) (*Service, error) {
 		st: o.Store, index: o.Index, audit: o.Audit, trail: o.Trail, headV: o.HeadVerifier,
 		tokens: o.Tokens, audience: o.Audience, authz: o.Authz, holds: o.Holds, log: o.Logger,
 		retention: o.Retention, retentionOff: o.RetentionOff,
-		writeTimeout: o.WriteTimeout,
-		rateLimit:    rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*limiterEntry{},
+		writeTimeout: o.WriteTimeout, rateLimit: rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*limiterEntry{},
 		reg: o.Registry,
 	}
 	s.m = metrics{
