@@ -120,6 +120,8 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	startup := time.Since(t0)
 	idleHWM, err := vmHWM(cmd.Process.Pid)
 	must(b, err)
+	anon0, file0 := rssParts(b, cmd.Process.Pid)
+	b.Logf("ckvault serve after indexing: VmHWM %.0f MiB; RssAnon %.0f MiB, RssFile %.0f MiB", float64(idleHWM)/(1<<20), float64(anon0)/(1<<20), float64(file0)/(1<<20))
 	base := "https://" + addr
 	f.makeClients(b)
 
