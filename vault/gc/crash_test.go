@@ -143,6 +143,10 @@ func newCrashVault(t *testing.T, b backend) crashVault {
 	return v
 }
 
+// sixSuffixes are the objects of one checkpoint.
+var sixSuffixes = []string{manifest.SuffixCiphertext, manifest.SuffixCiphertextSig, manifest.SuffixCiphertextBundle,
+	manifest.SuffixManifest, manifest.SuffixManifestSig, manifest.SuffixManifestBundle}
+
 func spec0(seq int, at time.Time) spec {
 	return spec{ns: "web", pod: "a", ctr: "c", at: at, seq: seq}
 }
@@ -203,6 +207,19 @@ func testCrash(t *testing.T, b backend) {
 			}
 			if !sfx[manifest.SuffixManifest] && crashed.counts[base] > 0 && !planned[base] {
 				t.Errorf("crash at step %d: %s has objects but no manifest, and the next run does not finish it as a recorded intent (silently orphaned)", crashAt, base)
+			}
+			// The six objects go together: a checkpoint still listed (its
+			// manifest there) is whole, and one that is not whole is a
+			// deletion the next run finishes.
+			whole := true
+			for _, x := range sixSuffixes {
+				whole = whole && sfx[x]
+			}
+			if sfx[manifest.SuffixManifest] && !whole {
+				t.Errorf("crash at step %d: %s keeps its manifest but not all six objects: %v", crashAt, base, sfx)
+			}
+			if !whole && crashed.counts[base] > 0 && !planned[base] {
+				t.Errorf("crash at step %d: %s is neither whole nor finished by the next run: %v", crashAt, base, sfx)
 			}
 		}
 		if _, err := Execute(context.Background(), v.st, opts, plan); err != nil {

@@ -155,6 +155,11 @@ func TestRedteamPathTricks(t *testing.T) {
 		if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent {
 			t.Errorf("alice (payments only) got %d for %s: another namespace's object", resp.StatusCode, p)
 		}
+		// A malformed key is the client's error, and no reason to
+		// believe the store or the trail broken.
+		if resp.StatusCode >= 500 {
+			t.Errorf("%s: %d, want a 4xx", p, resp.StatusCode)
+		}
 	}
 	for _, r := range e.records(audit.Filter{Actor: "cert:alice"}) {
 		if r.Outcome == audit.OK && r.Detail["phase"] == "done" && r.Detail["status"] == "200" {
@@ -177,4 +182,110 @@ func pathUnescape(p string) (string, error) {
 		b.WriteByte(p[i])
 	}
 	return b.String(), nil
+}
+
+// TestRedteamEveryRefusalIsAudited: a request refused for want of
+// credentials (none, a bearer token the service cannot accept) is recorded
+// like any other refusal, with its source address; and a request naming
+// something no Kubernetes object could be named (an upper-case namespace,
+// an invalid pod name) is refused and recorded (403, 404), not turned into
+// an unaudited 503 by the trail's name rules.
+func TestRedteamEveryRefusalIsAudited(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file"})
+	pay := e.vaulted["payments"][0].Object
+	ct := "/v1/objects/" + pay + manifest.SuffixCiphertext
+
+	anon := e.client("")
+	if a := e.get(anon, ct); a.code != http.StatusUnauthorized {
+		t.Fatalf("anonymous fetch: %d %s, want 401", a.code, a.body)
+	}
+	if a := e.get(anon, ct, "Authorization", "Bearer not-a-token"); a.code != http.StatusUnauthorized {
+		t.Fatalf("fetch with a bearer token and no TokenReview: %d %s, want 401", a.code, a.body)
+	}
+	var unauth []audit.Record
+	for _, r := range e.records(audit.Filter{Outcome: audit.Denied}) {
+		if r.Detail["status"] == "401" {
+			unauth = append(unauth, r)
+		}
+	}
+	if len(unauth) != 2 {
+		t.Fatalf("%d records of the two unauthenticated fetches, want 2: %+v", len(unauth), unauth)
+	}
+	for _, r := range unauth {
+		if !strings.Contains(r.Subject, pay) || r.Detail["source"] == "" || r.Namespace != "payments" {
+			t.Errorf("unauthenticated fetch record lacks the object, its namespace or the source: %+v", r)
+		}
+	}
+	if unauth[0].Detail["auth"] == unauth[1].Detail["auth"] {
+		t.Errorf("the records do not tell no credentials from a rejected token: %+v", unauth)
+	}
+
+	// Names no checkpoint can have: refused (or not found) and recorded.
+	alice := e.client("alice")
+	_, rest, _ := strings.Cut(pay, "/")
+	for _, c := range []struct {
+		path string
+		want int
+	}{
+		{"/v1/objects/Payments/" + rest + manifest.SuffixCiphertext, http.StatusForbidden},
+		{"/v1/objects/payments/API_0/app/x-node-a-0123456789abcdef" + manifest.SuffixCiphertext, http.StatusNotFound},
+		{"/v1/checkpoints/Other/api-0/app/x-node-a-0123456789abcdef", http.StatusForbidden},
+	} {
+		before := len(e.records(audit.Filter{Actor: "cert:alice"}))
+		a := e.get(alice, c.path)
+		if a.code != c.want {
+			t.Errorf("%s: %d %.200s, want %d", c.path, a.code, a.body, c.want)
+		}
+		if after := len(e.records(audit.Filter{Actor: "cert:alice"})); after == before {
+			t.Errorf("%s: answered %d with no audit record", c.path, a.code)
+		}
+	}
+}
+
+// TestRedteamOneCallerCannotHoldEveryStream: the cap on concurrent streams
+// is the service's; one caller that opens downloads and reads them slowly
+// (or not at all) must not hold all of it and starve every other caller.
+func TestRedteamOneCallerCannotHoldEveryStream(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file", memoryBytes: 24 << 20, serveExtra: "  maxStreams: 2\n"})
+	alice := e.client("alice")
+	if _, a := e.list(alice, "?namespace=payments"); a.code != 200 {
+		t.Fatalf("list: %d", a.code)
+	}
+	e.srv.Export(context.Background()) // a segment for the auditor to read
+	var held []*http.Response
+	defer func() {
+		for _, r := range held {
+			r.Body.Close()
+		}
+	}()
+	for _, m := range e.vaulted["payments"] {
+		req, _ := http.NewRequest(http.MethodGet, e.url()+"/v1/objects/"+m.Object+manifest.SuffixCiphertext, nil)
+		resp, err := alice.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Never read: the service blocks writing once the socket
+		// buffers are full, holding its stream.
+		held = append(held, resp)
+	}
+	segs := e.get(e.client("auditor"), "/v1/audit/segments")
+	i := strings.Index(string(segs.body), `"key":"`)
+	if segs.code != 200 || i < 0 {
+		t.Fatalf("segments: %d %.300s", segs.code, segs.body)
+	}
+	rest := string(segs.body)[i+len(`"key":"`):]
+	key := rest[:strings.IndexByte(rest, '"')]
+	if a := e.get(e.client("auditor"), "/v1/objects/"+key); a.code != http.StatusOK {
+		t.Errorf("while alice holds her downloads open, the auditor reading %s gets %d %.200s, want 200", key, a.code, a.body)
+	}
+	// alice herself was told to slow down on the stream beyond her share.
+	limited := 0
+	for _, r := range held {
+		if r.StatusCode == http.StatusTooManyRequests && r.Header.Get("Retry-After") != "" {
+			limited++
+		}
+	}
+	if limited != 1 {
+		t.Errorf("alice's streams beyond her share: %d answered 429 with Retry-After, want 1", limited)
+	}
 }

@@ -92,7 +92,7 @@ type Service struct {
 	holds    gc.Holder
 	log      *slog.Logger
 
-	streams      chan struct{}
+	streams      *streamSlots
 	writeTimeout time.Duration
 	rateLimit    rate.Limit
 	rateBurst    int
@@ -149,7 +149,7 @@ func New(o Options) (*Service, error) {
 	s := &Service{
 		st: o.Store, index: o.Index, audit: o.Audit, trail: o.Trail, headV: o.HeadVerifier,
 		tokens: o.Tokens, audience: o.Audience, authz: o.Authz, holds: o.Holds, log: o.Logger,
-		streams: make(chan struct{}, o.MaxStreams), writeTimeout: o.WriteTimeout,
+		writeTimeout: o.WriteTimeout,
 		rateLimit: rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*limiterEntry{},
 		reg: o.Registry,
 	}
@@ -169,6 +169,7 @@ func New(o Options) (*Service, error) {
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ckvault_serve_request_seconds",
 			Help: "Time to answer, by route (streams: to the last byte).", Buckets: prometheus.DefBuckets}, []string{"route"}),
 	}
+	s.streams = newStreamSlots(o.MaxStreams, s.m.streams.Add)
 	o.Registry.MustRegister(s.m.requests, s.m.bytes, s.m.denied, s.m.auditFail, s.m.streams, s.m.entries, s.m.latency)
 
 	mux := http.NewServeMux()
@@ -282,9 +283,24 @@ func (s *Service) refuseUnauthenticated(cw *countingWriter, r *http.Request, rou
 		return
 	}
 	q := &request{s: s, w: cw, r: r, id: anon, start: start, route: route}
-	rec := q.baseRecord("denied", r.Method+" "+r.URL.Path, "")
+	// The record names the object (and its namespace) the caller tried,
+	// and which credential failed, as an authenticated refusal would.
+	subject, namespace := r.Method+" "+r.URL.Path, ""
+	if key := r.PathValue("key"); key != "" {
+		subject = key
+		_, namespace, _ = verbOfObject(key)
+	} else if id := r.PathValue("id"); strings.Contains(id, "/") {
+		subject = id
+		namespace, _, _ = strings.Cut(id, "/")
+	}
+	rec := q.baseRecord("denied", subject, namespace)
 	rec.Outcome = audit.Denied
 	rec.Detail["request"] = route
+	rec.Detail["path"] = clip(r.Method + " " + r.URL.Path)
+	rec.Detail["auth"] = "none"
+	if r.Header.Get("Authorization") != "" {
+		rec.Detail["auth"] = "rejected token"
+	}
 	rec.Detail["reason"] = clip(err.Error())
 	rec.Detail["status"] = "401"
 	if _, aerr := s.audit.Append(r.Context(), rec); aerr != nil {
@@ -361,15 +377,29 @@ func (q *request) authorize(verbName, namespace, subject string) bool {
 	return false
 }
 
+// baseRecord is a record of this request. The namespace, pod and
+// container come from the request (an object key), so each is kept only
+// when it is a valid Kubernetes name: the trail refuses records with
+// invalid ones, and a request naming something no checkpoint can be named
+// must still be recorded (the subject keeps the key as given).
 func (q *request) baseRecord(action, subject, namespace string) audit.Record {
 	rec := audit.Record{
-		Actor: clip(q.id.Actor()), Action: action, Subject: clip(subject), Namespace: namespace, Outcome: audit.OK,
+		Actor: clip(q.id.Actor()), Action: action, Subject: clip(subject), Namespace: validName(namespace, "", ""), Outcome: audit.OK,
 		Detail: map[string]string{"source": clip(q.r.RemoteAddr), "auth": q.id.Kind},
 	}
 	if kp, ok := parseKeyParts(subject); ok {
-		rec.Pod, rec.Container = kp[1], kp[2]
+		rec.Pod, rec.Container = validName("", kp[1], ""), validName("", "", kp[2])
 	}
 	return rec
+}
+
+// validName returns whichever of namespace, pod and container is given if
+// it is a valid name of its kind, else "".
+func validName(namespace, pod, container string) string {
+	if audit.CheckIdentity(namespace, pod, container) != nil {
+		return ""
+	}
+	return namespace + pod + container
 }
 
 func parseKeyParts(key string) ([]string, bool) {
