@@ -289,3 +289,26 @@ func TestRedteamOneCallerCannotHoldEveryStream(t *testing.T) {
 		t.Errorf("alice's streams beyond her share: %d answered 429 with Retry-After, want 1", limited)
 	}
 }
+
+// TestRedteamJunkKeyHidesNoNamespace: an object at the store's root (no
+// namespace directory: debris, or planted by whoever can write there) in a
+// namespace the caller may not list must not hide the entries of a
+// namespace the caller may list that sorts right after it.
+func TestRedteamJunkKeyHidesNoNamespace(t *testing.T) {
+	roles := `
+  roles:
+    - name: team-a
+      verbs: [list, get, fetch]
+      namespaces: [team-a]
+      subjects: [{user: dave}]
+`
+	e := newEnv(t, envOptions{backend: "file", noRoles: true, serveExtra: roles})
+	e.issue(t, "dave", "dave")
+	// "team" sorts before "team-a/...", and "team0" after it.
+	must(t, testvault.PutBytes(context.Background(), e.st, "team"+manifest.SuffixManifest, []byte("{}")))
+	m := e.vaultInNamespace(t, "team-a", "web-0", 7)
+	l, a := e.list(e.client("dave"), "")
+	if a.code != 200 || len(l.Items) != 1 || l.Items[0].Base != m.Object {
+		t.Errorf("dave lists what he may: %d %d entries (%s), want %s", a.code, len(l.Items), namespaces(l), m.Object)
+	}
+}

@@ -149,8 +149,7 @@ func New(o Options) (*Service, error) {
 	s := &Service{
 		st: o.Store, index: o.Index, audit: o.Audit, trail: o.Trail, headV: o.HeadVerifier,
 		tokens: o.Tokens, audience: o.Audience, authz: o.Authz, holds: o.Holds, log: o.Logger,
-		writeTimeout: o.WriteTimeout,
-		rateLimit: rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*limiterEntry{},
+		writeTimeout: o.WriteTimeout, rateLimit: rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*limiterEntry{},
 		reg: o.Registry,
 	}
 	s.m = metrics{
