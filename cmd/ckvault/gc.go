@@ -199,7 +199,9 @@ func openGCAudit(ctx context.Context, cfg *policy.Config, tk *signing.TrustedKey
 		if err != nil {
 			return audit.Options{}, fmt.Errorf("%w; no node daemon answers here, so gc signs its own audit trail's head with this key and exports the trail to the store, so that its deletions outlive this machine or pod: mount signing.key (and signing.passwordFile, or set %s), or run gc where the node daemon runs; nothing was deleted", err, signing.PasswordEnv)
 		}
-		return audit.Options{Node: cfg.Node, Signer: signer, Verifier: tk.DER()}, nil
+		o := logOptions(cfg)
+		o.Signer, o.Verifier = signer, tk.DER()
+		return o, nil
 	})
 	if err != nil || local == nil {
 		return a, closeFn, err
