@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 
 	"github.com/spf13/cobra"
 
+	"github.com/checkpoint-vault/ckvault/crypto/signing"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/service"
 	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
@@ -48,19 +50,7 @@ Clients: list, verify, fetch, inspect, restore and audit query/verify with
 			if cfg.Serve == nil {
 				return fmt.Errorf("config %s has no serve: section; deploy/ckvault.example.yaml documents it", configPath)
 			}
-			tk, err := trustedKeys(cfg)
-			if err != nil {
-				return fmt.Errorf("%v: the service verifies every manifest it indexes against these keys", err)
-			}
-			st, err := storeconfig.Open(cfg.Store, slog.Default())
-			if err != nil {
-				return err
-			}
-			signer, err := loadSigner(ctx, cfg)
-			if err != nil {
-				return fmt.Errorf("%w (it signs the service's audit heads)", err)
-			}
-			srv, err := service.Start(ctx, cfg, service.Setup{Store: st, Trusted: tk, Signer: signer, RebuildIndex: rebuild})
+			srv, tk, err := startService(ctx, cfg, rebuild, slog.Default())
 			if err != nil {
 				return err
 			}
@@ -74,4 +64,27 @@ Clients: list, verify, fetch, inspect, restore and audit query/verify with
 	cmd.Flags().StringVar(&configPath, "config", defaultConfigPath, "configuration file with a serve: section")
 	cmd.Flags().BoolVar(&rebuild, "rebuild-index", false, "rebuild the index from the store at start")
 	return cmd
+}
+
+// startService starts the vault service cfg describes: the store, the
+// trusted keys its index verifies manifests with, the key that signs its
+// trail's heads.
+func startService(ctx context.Context, cfg *policy.Config, rebuild bool, log *slog.Logger) (*service.Server, *signing.TrustedKeys, error) {
+	tk, err := trustedKeys(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%v: the service verifies every manifest it indexes against these keys", err)
+	}
+	st, err := storeconfig.Open(cfg.Store, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	signer, err := loadSigner(ctx, cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (it signs the service's audit heads)", err)
+	}
+	srv, err := service.Start(ctx, cfg, service.Setup{Store: st, Trusted: tk, Signer: signer, RebuildIndex: rebuild, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	return srv, tk, nil
 }
