@@ -228,7 +228,7 @@ func demoService(ctx context.Context, w io.Writer, step func(string, ...any), h 
 	}
 	cfg.Serve.Listen = "127.0.0.1:0" // beside a `ckvault serve` you may run on its port
 	sctx, stop := context.WithCancel(ctx)
-	srv, _, err := startService(sctx, cfg, false, h.Log)
+	srv, err := startService(sctx, cfg, false, h.Log)
 	if err != nil {
 		stop()
 		return fmt.Errorf("demo: starting the vault service: %w", err)
