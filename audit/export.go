@@ -326,7 +326,9 @@ type StoreTrail struct {
 // ReadStore loads and verifies every node's segments from st: each segment
 // on its own, its head signature (against v), and the chain across a node's
 // segments from seq 1 without gaps or overlaps. Problems are findings in
-// the report, not errors; an error means the store could not be read.
+// the report, not errors; an error means the store could not be read. The
+// trail holds only records under a head signed by a trusted key: a segment
+// that does not verify contributes a finding, never a record.
 //
 // It holds the whole trail in memory.
 func ReadStore(ctx context.Context, st store.Reader, v HeadVerifier) (*StoreTrail, error) {
@@ -396,13 +398,16 @@ func ReadStore(ctx context.Context, st store.Reader, v HeadVerifier) (*StoreTrai
 			}
 			hint, err := v.VerifyDigest(seg.Head.Digest(), seg.Head.Sig)
 			if err != nil {
-				finding(r.last, "segment %s: head signature does not verify with any trusted key (forged or signed by another key): %v", r.key, err)
-			} else {
-				t.Report.Heads++
-				if !hints[hint] {
-					hints[hint] = true
-					t.Report.Signers = append(t.Report.Signers, hint)
-				}
+				// Its records are left out of the trail: anyone who can
+				// write to the store could have written them.
+				finding(r.last, "segment %s: head signature does not verify with any trusted key (forged or signed by another key): %v; its records %d to %d are not shown", r.key, err, r.first, r.last)
+				next, linked = r.last+1, false
+				continue
+			}
+			t.Report.Heads++
+			if !hints[hint] {
+				hints[hint] = true
+				t.Report.Signers = append(t.Report.Signers, hint)
 			}
 			recs = append(recs, seg.Records...)
 			prev, linked = seg.Head.Hash, true

@@ -109,3 +109,57 @@ func TestExportRefusesConflictingSegment(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestForgedSegmentNeverShows: whoever can write to the store can write a
+// well-formed segment, chained and with a head, but cannot sign it with a
+// trusted key. Its records are a finding, never part of the trail a query
+// reads.
+func TestForgedSegmentNeverShows(t *testing.T) {
+	key, forger := newTestKey(t), newTestKey(t)
+	st, err := filestore.New(filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	export := func(node string, k *testKey, action string) {
+		l, _ := openTest(t, k, func(o *Options) { o.Node = node; o.Verifier = k })
+		for range 5 {
+			if _, err := l.Append(ctx, rec(action, "payments", "p", OK)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := l.SignHead(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Export(ctx, st, ExportOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+	}
+	export("node-a", key, "uploaded")
+	export("node-forged", forger, "deleted")
+
+	trail, err := ReadStore(ctx, st, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if trail.Report.OK() {
+		t.Fatal("a segment signed by an untrusted key verified")
+	}
+	p, err := trail.Query(Filter{Limit: MaxLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range p.Records {
+		if r.Node == "node-forged" {
+			t.Fatalf("the forged segment's record %d shows in the trail: %+v", r.Seq, r)
+		}
+	}
+	if len(p.Records) != 5 {
+		t.Fatalf("%d records, want node-a's 5", len(p.Records))
+	}
+	f, _ := trail.Report.FirstBad()
+	if f.Node != "node-forged" || !strings.Contains(f.Problem, "not shown") {
+		t.Fatalf("finding %v, want one naming node-forged's segment and that its records are not shown", f)
+	}
+}

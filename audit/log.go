@@ -179,6 +179,15 @@ type pending struct {
 	done chan error
 }
 
+func (o *Options) defaultCadence() {
+	if o.SignEvery <= 0 {
+		o.SignEvery = 1000
+	}
+	if o.SignInterval <= 0 {
+		o.SignInterval = time.Minute
+	}
+}
+
 // Open opens (creating if needed) the audit database at path for writing,
 // with the directory 0700 and the file 0600. Only one process can hold it;
 // a second Open waits up to 1s and then fails with ErrLocked.
@@ -189,12 +198,7 @@ func Open(path string, opts Options) (*Log, error) {
 	if err := k8sname.Node.Check(opts.Node); err != nil {
 		return nil, fmt.Errorf("audit: %w (the node name is part of every record and of the export's object keys)", err)
 	}
-	if opts.SignEvery <= 0 {
-		opts.SignEvery = 1000
-	}
-	if opts.SignInterval <= 0 {
-		opts.SignInterval = time.Minute
-	}
+	opts.defaultCadence()
 	if opts.AppendTimeout <= 0 {
 		opts.AppendTimeout = 10 * time.Second
 	}
@@ -242,6 +246,11 @@ func Open(path string, opts Options) (*Log, error) {
 		db.Close()
 		return nil, fmt.Errorf("audit: initialising %s: %w", path, err)
 	}
+	if l.tip.seq > l.headSeq {
+		// Records a crash left unsigned are signed now, not at the first
+		// tick: Verify holds an unsigned tail to the signing cadence.
+		l.signKick <- struct{}{}
+	}
 	l.wg.Add(2)
 	go l.writer()
 	go l.signer()
@@ -250,8 +259,16 @@ func Open(path string, opts Options) (*Log, error) {
 
 // OpenReadOnly opens the database for queries and verification while no
 // daemon holds it. If one does, it fails after one second with an error
-// wrapping ErrLocked: ask the daemon through its socket instead.
-func OpenReadOnly(path string) (*Log, error) {
+// wrapping ErrLocked: ask the daemon through its socket instead. Verify
+// holds the unsigned tail to the default signing cadence; see
+// OpenReadOnlyOptions.
+func OpenReadOnly(path string) (*Log, error) { return OpenReadOnlyOptions(path, Options{}) }
+
+// OpenReadOnlyOptions is OpenReadOnly for a log written with opts'
+// SignEvery and SignInterval (the node's audit.signEvery and
+// audit.signInterval), to which Verify holds its unsigned tail. Other
+// options are not used.
+func OpenReadOnlyOptions(path string, opts Options) (*Log, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("audit: opening %s: %w (is stateDir right, and has the daemon ever run?)", path, err)
 	}
@@ -259,7 +276,8 @@ func OpenReadOnly(path string) (*Log, error) {
 	if err != nil {
 		return nil, openError(path, err)
 	}
-	l := &Log{db: db, readOnly: true, closed: true}
+	opts.defaultCadence()
+	l := &Log{db: db, readOnly: true, closed: true, opts: opts}
 	err = db.View(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketRecords) == nil {
 			return fmt.Errorf("%s is not an audit database (no %q bucket)", path, bucketRecords)

@@ -195,7 +195,7 @@ func buildTampered(t *testing.T, key *testKey, edit func(t *testing.T, tx *bolt.
 		t.Fatal(err)
 	}
 	db.Close()
-	ro, err := OpenReadOnly(path)
+	ro, err := OpenReadOnlyOptions(path, Options{SignEvery: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,6 +205,37 @@ func buildTampered(t *testing.T, key *testKey, edit func(t *testing.T, tx *bolt.
 		t.Fatal(err)
 	}
 	return rep
+}
+
+// rewriteFrom changes record seq's detail and re-chains every record from
+// there to the end with their times, as someone without the signing key
+// would.
+func rewriteFrom(t *testing.T, tx *bolt.Tx, seq uint64) {
+	prev := getRec(t, tx, seq-1)
+	tp := tip{seq: seq - 1, hash: prev.Hash, time: prev.Time}
+	for s := seq; ; s++ {
+		v := tx.Bucket(bucketRecords).Get(seqKey(s))
+		if v == nil {
+			return
+		}
+		r := getRec(t, tx, s)
+		if s == seq {
+			r.Detail = map[string]string{"size": "4242"}
+		}
+		if err := appendTx(tx, &tp, &r, r.Time); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// removeHeadsFrom deletes the signed heads covering seq and later records.
+func removeHeadsFrom(t *testing.T, tx *bolt.Tx, seq uint64) {
+	c := tx.Bucket(bucketHeads).Cursor()
+	for k, _ := c.Seek(seqKey(seq)); k != nil; k, _ = c.Seek(seqKey(seq)) {
+		if err := c.Delete(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func getRec(t *testing.T, tx *bolt.Tx, seq uint64) Record {
@@ -285,6 +316,18 @@ func TestTamper(t *testing.T) {
 			b, _ := json.Marshal(h)
 			tx.Bucket(bucketHeads).Put(seqKey(50), b)
 		}, 50},
+		// Rewriting a record's unindexed detail and re-chaining every
+		// record after it keeps the chain and the indexes consistent; only
+		// the signed heads from there on betray it, so they are removed.
+		// What is left is an unsigned tail longer than the cadence allows.
+		{"rewrite a record, re-chain, remove every head", func(t *testing.T, tx *bolt.Tx) {
+			rewriteFrom(t, tx, 23)
+			removeHeadsFrom(t, tx, 1)
+		}, 1},
+		{"rewrite a record, re-chain, remove the heads after it", func(t *testing.T, tx *bolt.Tx) {
+			rewriteFrom(t, tx, 23)
+			removeHeadsFrom(t, tx, 21)
+		}, 21},
 		{"hide a record from queries", func(t *testing.T, tx *bolt.Tx) {
 			r := getRec(t, tx, 17)
 			tx.Bucket(bucketIndex).Delete(append(valuePrefix(idxPod, r.Pod), seqKey(17)...))
@@ -310,5 +353,70 @@ func TestTamper(t *testing.T) {
 			}
 			t.Logf("detected: %v", f)
 		})
+	}
+}
+
+// TestUnsignedTailCadence: a tail of unsigned records is fine within the
+// signing cadence (a crash leaves one), a finding beyond it, and signed as
+// soon as the log is opened again.
+func TestUnsignedTailCadence(t *testing.T) {
+	key := newTestKey(t)
+	ctx := context.Background()
+	// No signer: what a writer killed before its next head leaves.
+	l, path := openTest(t, key, func(o *Options) { o.Signer = nil; o.SignEvery = 1000 })
+	for range 3 {
+		if _, err := l.Append(ctx, rec("uploaded", "ns", "p", OK)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, err := l.Append(ctx, rec("uploaded", "ns", "p", OK)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	verify := func(interval time.Duration) *Report {
+		t.Helper()
+		ro, err := OpenReadOnlyOptions(path, Options{SignEvery: 1000, SignInterval: interval})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ro.Close()
+		rep, err := ro.Verify(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep
+	}
+	if rep := verify(time.Minute); !rep.OK() || rep.Unsigned != 4 {
+		t.Fatalf("4 unsigned records within a minute's cadence: %+v", rep)
+	}
+	if rep := verify(100 * time.Millisecond); rep.OK() {
+		t.Fatalf("4 unsigned records spanning 300ms passed a 100ms cadence: %+v", rep)
+	} else {
+		t.Logf("detected: %v", rep.Findings[0])
+	}
+
+	// Opened again with its key, the log signs the tail at once, not at
+	// the first tick an hour later.
+	l, err := Open(path, Options{Node: "node-a", Signer: key, Verifier: key, SignEvery: 1000, SignInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rep, err := l.Verify(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Unsigned == 0 && rep.OK() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the reopened log did not sign its tail: %+v", rep)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

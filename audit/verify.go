@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -169,7 +170,54 @@ func (l *Log) Verify(ctx context.Context, v HeadVerifier) (*Report, error) {
 		return nil, fmt.Errorf("audit: verifying %s: %w", l.db.Path(), err)
 	}
 	verifyHeadSigs(rep, heads, v)
+	if err := l.checkCadence(rep); err != nil {
+		return nil, err
+	}
 	return rep, nil
+}
+
+// checkCadence holds the records after the last signed head to the signing
+// cadence. A writer signs the head every SignEvery records and every
+// SignInterval, and at open what a crash left unsigned, so a longer
+// unsigned tail — in records, or in the time its records span — means
+// heads are missing: removed, as someone rewriting the records (who cannot
+// sign) must remove every head from the first record they change; or never
+// made, because signing failed for that long (the writer's log says so).
+// Twice the cadence leaves room for a group commit or a signature in
+// flight; shorter rewrites are the exposure window the package
+// documentation describes.
+func (l *Log) checkCadence(rep *Report) error {
+	if rep.Unsigned == 0 {
+		return nil
+	}
+	first := rep.LastSigned + 1
+	if rep.Unsigned > 2*uint64(l.opts.SignEvery) {
+		rep.add(first, "records %d to %d (%d) are not covered by a signed head: more than twice the signing cadence (every %d records) allows; signed heads were removed (the records may have been rewritten) or signing failed for that long",
+			first, rep.Last, rep.Unsigned, l.opts.SignEvery)
+		return nil
+	}
+	var from, to Record
+	err := l.db.View(func(tx *bolt.Tx) error {
+		rb := tx.Bucket(bucketRecords)
+		a, b := rb.Get(seqKey(first)), rb.Get(seqKey(rep.Last))
+		if a == nil || b == nil {
+			return nil // reported as missing records already
+		}
+		var err error
+		if from, err = DecodeRecord(a); err != nil {
+			return nil // reported as not decoding already
+		}
+		to, _ = DecodeRecord(b)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("audit: verifying %s: %w", l.db.Path(), err)
+	}
+	if span := to.Time.Sub(from.Time); span > 2*l.opts.SignInterval {
+		rep.add(first, "records %d to %d span %s without a signed head: more than twice the signing cadence (every %s) allows; signed heads were removed (the records may have been rewritten) or signing failed for that long",
+			first, rep.Last, span.Round(time.Millisecond), l.opts.SignInterval)
+	}
+	return nil
 }
 
 // verifyHeadSigs checks every head signature; it runs outside the

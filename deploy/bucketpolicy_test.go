@@ -142,6 +142,12 @@ func TestBucketPolicies(t *testing.T) {
 	allowed("service unpins it", service.SetLegalHold(ctx, own+".manifest.json", false))
 	denied("service sets a hold on an audit segment", service.SetLegalHold(ctx, "audit/node-a/00000000000000000001-00000000000000000002.jsonl", true))
 	denied("service lifts a hold on its own audit segment", service.SetLegalHold(ctx, "audit/ckvault-service/00000000000000000001-00000000000000000002.jsonl", false))
+	// A Kubernetes namespace may be named "audit": its checkpoints are
+	// checkpoints, and may be pinned.
+	inAudit := "audit/api-0/api/20261130T120000Z-node-a-0123456789ab.manifest.json"
+	allowed("node puts a checkpoint of namespace audit", put(nodeA, inAudit, store.Retention{}))
+	allowed("service pins a checkpoint of namespace audit", service.SetLegalHold(ctx, inAudit, true))
+	allowed("service unpins it", service.SetLegalHold(ctx, inAudit, false))
 
 	// GC: versions go only once retention has ended.
 	vc, vg := latestVersion(t, gcUser, compliance), latestVersion(t, gcUser, governance)

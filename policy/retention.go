@@ -38,6 +38,17 @@ type RetentionConfig struct {
 	// BypassGovernance lets scheduled runs delete versions under
 	// governance retention (audited). `ckvault gc` needs its own flag.
 	BypassGovernance bool `yaml:"bypassGovernance,omitempty"`
+	// AccessKeyFile and SecretKeyFile are the retention role's S3
+	// credentials (deploy/bucket-policies/gc.json), used for GC instead of
+	// store's. The vault service runs GC (retention.interval, /v1/gc) only
+	// with them: its own store credentials can only read, by design.
+	AccessKeyFile string `yaml:"accessKeyFile,omitempty"`
+	SecretKeyFile string `yaml:"secretKeyFile,omitempty"`
+}
+
+// HasCredentials reports whether retention has credentials of its own.
+func (r *RetentionConfig) HasCredentials() bool {
+	return r != nil && r.AccessKeyFile != "" && r.SecretKeyFile != ""
 }
 
 // RetentionLimits are one policy's limits; an absent limit does not apply.
@@ -153,6 +164,11 @@ func (r *RetentionConfig) validate(v *validator) {
 	}
 	if r.Global == nil && len(r.Namespaces)+len(r.Pods)+len(r.Containers) == 0 {
 		v.add("retention", "has no policy; set retention.global (and narrower ones) or remove the section")
+	}
+	checkPath(v, "retention.accessKeyFile", r.AccessKeyFile)
+	checkPath(v, "retention.secretKeyFile", r.SecretKeyFile)
+	if (r.AccessKeyFile == "") != (r.SecretKeyFile == "") {
+		v.add("retention.accessKeyFile", "accessKeyFile and secretKeyFile go together: set both (the retention role's S3 credentials) or neither")
 	}
 }
 

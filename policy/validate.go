@@ -80,6 +80,10 @@ func (c *Config) resolvePaths(baseDir string) {
 	if c.Serve != nil {
 		c.Serve.resolvePaths(abs)
 	}
+	if c.Retention != nil {
+		abs(&c.Retention.AccessKeyFile)
+		abs(&c.Retention.SecretKeyFile)
+	}
 	// store.url is not resolved: in file://x/y, x is a host, and a URL
 	// that silently meant something else would be worse than an error.
 }

@@ -72,7 +72,11 @@ func newAuditQueryCommand() *cobra.Command {
 
 Output: a table, a JSON array (-o json) or one JSON object per line (-o jsonl);
 JSON records carry seq, time, node, actor, action, subject, namespace, pod,
-container, outcome, detail, prev and hash.`,
+container, outcome, detail, prev and hash.
+
+With --from-store (and through --server) only records under a head signed by
+a trusted key are printed; if any exported segment does not verify, what did
+not is named on stderr and the exit status is 3.`,
 		Example: `  ckvault audit query --config /etc/ckvault/ckvault.yaml --since 24h --action fetched
   ckvault audit query --config c.yaml --namespace payments --outcome denied -o json
   ckvault audit query --config c.yaml --from-store --pod api-7c9f --since 2026-03-01T00:00:00Z`,
@@ -164,14 +168,16 @@ func (o *auditQueryOptions) run(ctx context.Context, w io.Writer) error {
 		}
 	}
 	var page func(audit.Filter) (audit.Page, error)
+	var storeTrail *audit.StoreTrail // the exported trail, when that is what is read
 	if remoteTrail != nil {
-		page = remoteTrail.Query
+		storeTrail = remoteTrail
 	} else if o.fromStore {
-		trail, err := readStoreTrail(ctx, cfg)
-		if err != nil {
+		if storeTrail, err = readStoreTrail(ctx, cfg); err != nil {
 			return err
 		}
-		page = trail.Query
+	}
+	if storeTrail != nil {
+		page = storeTrail.Query
 	} else {
 		src, closeFn, err := openNodeLog(ctx, cfg)
 		if err != nil {
@@ -196,7 +202,18 @@ func (o *auditQueryOptions) run(ctx context.Context, w io.Writer) error {
 		}
 		f.Cursor = p.Next
 	}
-	return printRecords(w, o.output, recs)
+	if err := printRecords(w, o.output, recs); err != nil {
+		return err
+	}
+	// Only records under a verified head were printed; anything else the
+	// store holds is named here, and the exit status says so.
+	if storeTrail != nil {
+		if f, bad := storeTrail.Report.FirstBad(); bad {
+			return fmt.Errorf("%w: the exported trail: %s (%d findings; records that did not verify are not shown; run `ckvault audit verify --from-store`)",
+				errVerification, termsafe.String(fmt.Sprint(f)), len(storeTrail.Report.Findings))
+		}
+	}
+	return nil
 }
 
 func printRecords(w io.Writer, format string, recs []audit.Record) error {
@@ -239,7 +256,10 @@ head against the trusted keys (signing.publicKey, signing.publicKeys). It
 detects a modified, deleted, inserted or reordered record, records dropped
 from the end of the log up to the last signed head, and heads signed by any
 other key. Records after the last signed head are chained but not yet signed;
-verify reports how many. docs/AUDIT.md says exactly what is and is not
+verify reports how many, and fails when there are more, or they span longer,
+than twice the signing cadence (audit.signEvery, audit.signInterval) allows:
+someone rewriting records cannot sign, so must remove every signed head from
+the first record changed. docs/AUDIT.md says exactly what is and is not
 detected.
 
 With --from-store it verifies the segments every node exported, each against
@@ -340,7 +360,7 @@ func openNodeLog(ctx context.Context, cfg *policy.Config) (nodeLog, func(), erro
 	} else if !errors.Is(err, auditsock.ErrNoDaemon) {
 		return nil, nil, err
 	}
-	l, err := audit.OpenReadOnly(audit.Path(cfg.StateDir))
+	l, err := audit.OpenReadOnlyOptions(audit.Path(cfg.StateDir), logOptions(cfg))
 	if err != nil {
 		if errors.Is(err, audit.ErrLocked) {
 			return nil, nil, fmt.Errorf("%w; but %s does not answer: is the daemon hung? (check `systemctl status ckvault` or the pod)", err, sock)
@@ -386,6 +406,12 @@ func loadSigner(ctx context.Context, cfg *policy.Config) (*signing.Signer, error
 		return nil, fmt.Errorf("loading signing key %s: %w", cfg.Signing.Key, err)
 	}
 	return s, nil
+}
+
+// logOptions are the options of this node's audit log from its config:
+// its name and signing cadence (Verify holds the unsigned tail to it).
+func logOptions(cfg *policy.Config) audit.Options {
+	return audit.Options{Node: cfg.Node, SignEvery: cfg.Audit.SignEvery, SignInterval: cfg.Audit.SignEveryInterval()}
 }
 
 func readStoreTrail(ctx context.Context, cfg *policy.Config) (*audit.StoreTrail, error) {

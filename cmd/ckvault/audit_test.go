@@ -171,3 +171,35 @@ func TestAuditVerifyCommand(t *testing.T) {
 		t.Fatalf("locked: %v", err)
 	}
 }
+
+// TestAuditQueryFromStoreForgedSegment: a segment exported under a key the
+// auditor does not trust (anyone who can write to the store could write
+// one) is never printed as a record; query names it and exits 3.
+func TestAuditQueryFromStoreForgedSegment(t *testing.T) {
+	f := newAuditFixture(t)
+	forger, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	l, err := audit.Open(filepath.Join(t.TempDir(), "forged", audit.FileName), audit.Options{Node: "node-z", Signer: pemSigner{forger}, SignEvery: 10, SignInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := 1; i <= 3; i++ {
+		if _, err := l.Append(ctx, audit.Record{Actor: "daemon", Action: "deleted", Subject: fmt.Sprintf("forged-%d", i), Namespace: "payments", Outcome: audit.OK}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.SignHead(ctx)
+	st, _ := filestore.New(f.storeDir)
+	if _, err := l.Export(ctx, st, audit.ExportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+
+	out, err := runAudit(t, "query", "--config", f.config, "--from-store", "-o", "jsonl")
+	if exitCode(err) != exitVerifyFail || !strings.Contains(err.Error(), "node-z") {
+		t.Fatalf("exit %d (%v), want %d naming node-z's segment", exitCode(err), err, exitVerifyFail)
+	}
+	if strings.Contains(out, "forged-") || strings.Count(out, "\n") != 30 {
+		t.Fatalf("printed %d records, want node-a's 30 and none of the forged ones:\n%s", strings.Count(out, "\n"), out)
+	}
+}

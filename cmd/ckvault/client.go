@@ -36,7 +36,7 @@ var client clientOptions
 
 // clientCommands are the commands that take the client-mode flags.
 var clientCommands = map[string]bool{"list": true, "verify": true, "fetch": true, "inspect": true,
-	"restore": true, "audit query": true, "audit verify": true, "pin": true, "unpin": true}
+	"restore": true, "audit query": true, "audit verify": true, "pin": true, "unpin": true, "gc": true}
 
 // addClientFlags gives every client command the client-mode flags.
 func addClientFlags(root *cobra.Command) {

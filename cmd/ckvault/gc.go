@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/checkpoint-vault/ckvault/internal/termsafe"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/gc"
+	"github.com/checkpoint-vault/ckvault/vault/remote"
 	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
 )
 
@@ -60,9 +62,15 @@ exports it to the store under audit/<node>/ at the end of every real run, so
 usable signing key refuses to start.
 
 --dry-run prints exactly what a real run would delete, and why, and changes
-nothing. -o json prints the plan (and, for a real run, the result) as JSON.`,
+nothing. -o json prints the plan (and, for a real run, the result) as JSON.
+
+With --server URL (see "ckvault list --help") the vault service applies its
+own retention: section with the retention credentials it holds; you need
+its verb gc, and no store credentials. A service without retention
+credentials refuses (501) and says so.`,
 		Example: `  ckvault gc --config /etc/ckvault/ckvault.yaml --dry-run
-  ckvault gc --config /etc/ckvault/ckvault.yaml -o json`,
+  ckvault gc --config /etc/ckvault/ckvault.yaml -o json
+  ckvault gc --server https://vault.example:8443 --ca ca.crt --cert me.crt --key me.key --dry-run`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return o.run(cmd.Context(), cmd.OutOrStdout())
@@ -76,12 +84,19 @@ nothing. -o json prints the plan (and, for a real run, the result) as JSON.`,
 	return cmd
 }
 
-// openGCStore opens the store for retention: without the config's
-// objectLock, so that GC's own intent objects are not locked for the
-// retention period, and with the version operations GC needs.
+// openGCStore opens the store for retention: with the retention role's
+// credentials when retention.accessKeyFile/secretKeyFile name them, without
+// the config's objectLock, so that GC's own intent objects are not locked
+// for the retention period, and with the version operations GC needs.
 func openGCStore(cfg *policy.Config) (gc.Store, error) {
 	sc := cfg.Store
 	sc.ObjectLock = nil
+	if cfg.Retention.HasCredentials() {
+		if strings.HasPrefix(sc.URL, "file://") {
+			return nil, fmt.Errorf("retention.accessKeyFile/secretKeyFile are S3 credentials, but store.url %s is a file store; remove them", sc.URL)
+		}
+		sc.AccessKeyFile, sc.SecretKeyFile = cfg.Retention.AccessKeyFile, cfg.Retention.SecretKeyFile
+	}
 	st, err := storeconfig.Open(sc, slog.Default())
 	if err != nil {
 		return nil, err
@@ -93,23 +108,17 @@ func openGCStore(cfg *policy.Config) (gc.Store, error) {
 	return vs, nil
 }
 
-// gcReport is `gc -o json`.
-type gcReport struct {
-	DryRun bool     `json:"dryRun"`
-	Plan   *gc.Plan `json:"plan"`
-	// Deleted and Failed are set for a real run.
-	Deleted []gc.Action `json:"deleted,omitempty"`
-	Failed  []gcFailure `json:"failed,omitempty"`
-}
-
-type gcFailure struct {
-	Base  string `json:"base"`
-	Error string `json:"error"`
-}
+// gcReport is `gc -o json`, and the service's answer to `gc --server`.
+type gcReport = remote.GCReport
 
 func (o *gcOptions) run(ctx context.Context, w io.Writer) (err error) {
 	if err := checkOutput(o.output, "table", "json"); err != nil {
 		return err
+	}
+	if rc, ok, err := client.resolve(); err != nil {
+		return err
+	} else if ok {
+		return o.runRemote(ctx, w, rc)
 	}
 	cfg, err := policy.Load(o.config)
 	if err != nil {
@@ -151,20 +160,43 @@ func (o *gcOptions) run(ctx context.Context, w io.Writer) (err error) {
 	if plan == nil {
 		return runErr
 	}
-	rep := gcReport{DryRun: o.dryRun, Plan: plan}
-	if res != nil {
-		rep.Deleted = res.Deleted
-		for _, f := range res.Failed {
-			rep.Failed = append(rep.Failed, gcFailure{Base: f.Action.Base, Error: f.Err.Error()})
-		}
+	rep := remote.NewGCReport(o.dryRun, plan, res, runErr)
+	return o.report(w, &rep, runErr)
+}
+
+// runRemote asks the vault service to apply its retention policy (verb
+// gc): the service deletes with the retention role's credentials it holds;
+// this machine needs none.
+func (o *gcOptions) runRemote(ctx context.Context, w io.Writer, rc resolved) error {
+	if o.bypassGovernance {
+		return usageError{"--bypass-governance cannot be asked of the service: its retention.bypassGovernance decides"}
 	}
+	rs, err := remote.New(rc.remote)
+	if err != nil {
+		return err
+	}
+	rep, err := rs.GC(ctx, o.dryRun)
+	if err != nil {
+		return err
+	}
+	var runErr error
+	if rep.Error != "" {
+		runErr = fmt.Errorf("the service's retention run: %s", rep.Error)
+	}
+	return o.report(w, rep, runErr)
+}
+
+// report prints rep and returns the command's outcome: the run's error,
+// failed deletions, or unverified manifests (exit status 3).
+func (o *gcOptions) report(w io.Writer, rep *gcReport, runErr error) error {
+	plan := rep.Plan
 	if o.output == "json" {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(rep); err != nil {
 			return err
 		}
-	} else if err := printGC(w, &rep); err != nil {
+	} else if err := printGC(w, rep); err != nil {
 		return err
 	}
 	switch {
@@ -199,7 +231,9 @@ func openGCAudit(ctx context.Context, cfg *policy.Config, tk *signing.TrustedKey
 		if err != nil {
 			return audit.Options{}, fmt.Errorf("%w; no node daemon answers here, so gc signs its own audit trail's head with this key and exports the trail to the store, so that its deletions outlive this machine or pod: mount signing.key (and signing.passwordFile, or set %s), or run gc where the node daemon runs; nothing was deleted", err, signing.PasswordEnv)
 		}
-		return audit.Options{Node: cfg.Node, Signer: signer, Verifier: tk.DER()}, nil
+		o := logOptions(cfg)
+		o.Signer, o.Verifier = signer, tk.DER()
+		return o, nil
 	})
 	if err != nil || local == nil {
 		return a, closeFn, err
@@ -283,35 +317,4 @@ func printGC(w io.Writer, rep *gcReport) error {
 		p.Checkpoints, p.Kept, map[bool]string{true: "would delete", false: "deleted"}[rep.DryRun], len(p.Delete)-len(rep.Failed),
 		humanBytes(bytes), len(p.Pinned), len(p.Deferred), len(p.YoungOrphans), len(p.Unverified))
 	return err
-}
-
-// scheduleGC runs retention every interval until ctx ends: what
-// `ckvault serve` does when the config sets retention.interval. Runs are
-// audited in trail (the service's own trail, exported with its segments);
-// a failed run is logged and retried at the next tick.
-func scheduleGC(ctx context.Context, cfg *policy.Config, tk *signing.TrustedKeys, trail gc.Auditor, every time.Duration, log *slog.Logger) {
-	st, err := openGCStore(cfg)
-	if err != nil {
-		log.Error("retention: cannot open the store; scheduled GC is off", "err", err)
-		return
-	}
-	opts := gc.Options{Policy: cfg.Retention, Trusted: tk, Audit: trail, Actor: "ckvault-serve:retention",
-		BypassGovernance: cfg.Retention.BypassGovernance, Logger: log}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		plan, res, err := gc.Run(ctx, st, opts, false)
-		switch {
-		case err != nil:
-			log.Error("retention run failed", "err", err)
-		case res != nil:
-			log.Info("retention run", "checkpoints", plan.Checkpoints, "deleted", len(res.Deleted), "failed", len(res.Failed),
-				"pinned", len(plan.Pinned), "deferred", len(plan.Deferred), "unverified", len(plan.Unverified))
-		}
-	}
 }

@@ -3,17 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"log/slog"
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/checkpoint-vault/ckvault/audit"
-	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/gc"
-	"github.com/checkpoint-vault/ckvault/vault/store"
 )
 
 // TestGCCommand: pin the older of two checkpoints under maxCount 1, so the
@@ -101,56 +96,5 @@ func TestGCCommand(t *testing.T) {
 		if err != nil || len(p.Records) != 2 {
 			t.Errorf("audit records of %s %s: %d, %v; want intent and outcome", action, subject, len(p.Records), err)
 		}
-	}
-}
-
-// TestScheduledGC: the scheduler `ckvault serve` starts for
-// retention.interval runs GC on its own and audits it in the trail given.
-func TestScheduledGC(t *testing.T) {
-	f := newVaultFixture(t)
-	cfg, err := os.ReadFile(f.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(f.config, append(cfg, "retention: {global: {maxCount: 1}, interval: 1m}\n"...), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c, err := policy.Load(f.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Retention.IntervalDuration() != time.Minute {
-		t.Fatalf("interval = %v", c.Retention.IntervalDuration())
-	}
-	trail, err := audit.Open(audit.Path(f.stateDir), audit.Options{Node: "laptop"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer trail.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { scheduleGC(ctx, c, f.keys.Trusted, trail, 20*time.Millisecond, slog.Default()); close(done) }()
-	older, newer := 0, 1
-	if f.manifests[1].CheckpointedAt.Before(f.manifests[0].CheckpointedAt.Time) {
-		older, newer = 1, 0
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := f.st.Stat(context.Background(), f.manifests[older].Objects().Manifest); errors.Is(err, store.ErrNotExist) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the scheduled run did not delete the older checkpoint")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	cancel()
-	<-done
-	if _, err := f.st.Stat(context.Background(), f.manifests[newer].Objects().Manifest); err != nil {
-		t.Errorf("the newer checkpoint is gone too: %v", err)
-	}
-	p, err := trail.Query(context.Background(), audit.Filter{Action: gc.ActionDeleted, Subject: f.manifests[older].Object})
-	if err != nil || len(p.Records) != 2 || p.Records[0].Actor != "ckvault-serve:retention" {
-		t.Errorf("audit records of the scheduled deletion: %+v, %v", p.Records, err)
 	}
 }

@@ -90,7 +90,7 @@ var (
 // fetch's memory). The records are hash-chained at once, and covered by a
 // signed head the next time the daemon signs one on this node.
 func openResponderAudit(ctx context.Context, cfg *policy.Config) (responder.Auditor, func() error, error) {
-	a, _, closeFn, err := openAuditTrail(ctx, cfg, func() (audit.Options, error) { return audit.Options{Node: cfg.Node}, nil })
+	a, _, closeFn, err := openAuditTrail(ctx, cfg, func() (audit.Options, error) { return logOptions(cfg), nil })
 	return a, closeFn, err
 }
 

@@ -6,7 +6,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/checkpoint-vault/ckvault/crypto/signing"
 	"github.com/checkpoint-vault/ckvault/policy"
+	"github.com/checkpoint-vault/ckvault/vault/gc"
 	"github.com/checkpoint-vault/ckvault/vault/service"
 	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
 )
@@ -34,8 +36,15 @@ Listings come from an index of verified manifests (stateDir/serve/index.db),
 refreshed every serve.indexRefresh from new keys; --rebuild-index rebuilds it
 from scratch at start.
 
-Clients: list, verify, fetch, inspect, restore and audit query/verify with
---server https://HOST:PORT.`,
+Retention (GC) deletes, which the service's own store credentials cannot:
+the service runs it — every retention.interval, and for callers with the
+verb gc (ckvault gc --server) — only with the retention role's credentials
+in retention.accessKeyFile and retention.secretKeyFile
+(deploy/bucket-policies/gc.json). Without them /v1/gc answers 501, and
+retention.interval is refused at start: run ckvault gc as a job instead.
+
+Clients: list, verify, fetch, inspect, restore, pin, unpin, gc and audit
+query/verify with --server https://HOST:PORT.`,
 		Example: `  ckvault serve --config /etc/ckvault/serve.yaml
   ckvault list --server https://vault.example:8443 --ca ca.crt --cert me.crt --key me.key --trusted-key signing.pub`,
 		Args: cobra.NoArgs,
@@ -60,12 +69,14 @@ Clients: list, verify, fetch, inspect, restore and audit query/verify with
 			if err != nil {
 				return fmt.Errorf("%w (it signs the service's audit heads)", err)
 			}
-			srv, err := service.Start(ctx, cfg, service.Setup{Store: st, Trusted: tk, Signer: signer, RebuildIndex: rebuild})
+			ret, off, err := serveRetention(cfg, tk)
 			if err != nil {
 				return err
 			}
-			if r := cfg.Retention; r != nil && r.IntervalDuration() > 0 {
-				go scheduleGC(ctx, cfg, tk, srv.Trail, r.IntervalDuration(), slog.Default())
+			srv, err := service.Start(ctx, cfg, service.Setup{Store: st, Trusted: tk, Signer: signer, RebuildIndex: rebuild,
+				Retention: ret, RetentionOff: off})
+			if err != nil {
+				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "ckvault serve: listening on https://%s (%d checkpoints indexed)\n", srv.Addr, srv.Index.Len())
 			return srv.Run(ctx)
@@ -74,4 +85,25 @@ Clients: list, verify, fetch, inspect, restore and audit query/verify with
 	cmd.Flags().StringVar(&configPath, "config", defaultConfigPath, "configuration file with a serve: section")
 	cmd.Flags().BoolVar(&rebuild, "rebuild-index", false, "rebuild the index from the store at start")
 	return cmd
+}
+
+// serveRetention is what the service may do about retention: a runner
+// whose store uses the retention role's credentials, or nil and why not.
+// The service's own store credentials only read (least privilege), so
+// without retention credentials it refuses GC rather than try it with
+// them.
+func serveRetention(cfg *policy.Config, tk *signing.TrustedKeys) (*service.Retention, string, error) {
+	r := cfg.Retention
+	switch {
+	case r == nil:
+		return nil, "the service's config has no retention: section, so it has no policy to apply; run `ckvault gc --config F` with the retention job's config", nil
+	case !r.HasCredentials():
+		return nil, "this service holds no retention credentials (retention.accessKeyFile and retention.secretKeyFile: the retention role of deploy/bucket-policies/gc.json); its own store credentials only read, and never delete. Give it those credentials, or run `ckvault gc` as the retention job", nil
+	}
+	st, err := openGCStore(cfg)
+	if err != nil {
+		return nil, "", fmt.Errorf("retention credentials: %w", err)
+	}
+	return &service.Retention{Store: st, Options: gc.Options{Policy: r, Trusted: tk,
+		BypassGovernance: r.BypassGovernance, Logger: slog.Default()}}, "", nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,7 +15,10 @@ import (
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 	"github.com/checkpoint-vault/ckvault/internal/testtools"
 	"github.com/checkpoint-vault/ckvault/policy"
+	"github.com/checkpoint-vault/ckvault/vault/gc"
+	"github.com/checkpoint-vault/ckvault/vault/remote"
 	"github.com/checkpoint-vault/ckvault/vault/service"
+	"github.com/checkpoint-vault/ckvault/vault/store"
 )
 
 // served is a real `ckvault serve` in front of a vault fixture, and the
@@ -32,6 +36,12 @@ type served struct {
 // items, indented four spaces) and extra top-level config, and issues a
 // client certificate for each user.
 func serveFixture(t *testing.T, f *vaultFixture, roles, extra string, users ...string) *served {
+	return serveFixtureWith(t, f, roles, extra, nil, users...)
+}
+
+// serveFixtureWith is serveFixture with a hook that completes the Setup
+// (nil: retention as `ckvault serve` sets it up, serveRetention).
+func serveFixtureWith(t *testing.T, f *vaultFixture, roles, extra string, setup func(*policy.Config, *service.Setup), users ...string) *served {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := testservers.NewCA(dir, "serve CA")
@@ -64,7 +74,13 @@ func serveFixture(t *testing.T, f *vaultFixture, roles, extra string, users ...s
 		t.Fatalf("%v\n%s", err, yml)
 	}
 	cfg.StateDir = filepath.Join(dir, "serve-state")
-	srv, err := service.Start(context.Background(), cfg, service.Setup{Store: f.st, Trusted: f.keys.Trusted, Signer: f.keys.Signer})
+	su := service.Setup{Store: f.st, Trusted: f.keys.Trusted, Signer: f.keys.Signer}
+	if setup != nil {
+		setup(cfg, &su)
+	} else if su.Retention, su.RetentionOff, err = serveRetention(cfg, f.keys.Trusted); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := service.Start(context.Background(), cfg, su)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,5 +253,67 @@ func TestPinThroughService(t *testing.T) {
 	}
 	if pins != 4 {
 		t.Errorf("store trail: %d pinned/unpinned records of pete, want 4 (intent and outcome of each)", pins)
+	}
+}
+
+// TestGCThroughServiceCommand: `ckvault gc --server` plans and runs the
+// service's retention with the verb gc; the plan is what the run deletes;
+// others are refused; a service without retention credentials (as
+// `ckvault serve` sets it up) refuses with a message saying so, and will
+// not start with retention.interval.
+func TestGCThroughServiceCommand(t *testing.T) {
+	f := newVaultFixture(t)
+	roles := `    - {name: retention, verbs: [gc], namespaces: ["*"], subjects: [{user: gary}]}
+    - {name: fetchers, verbs: [list, get, fetch], namespaces: ["*"], subjects: [{user: alice}]}
+`
+	s := serveFixtureWith(t, f, roles, "retention: {global: {maxCount: 1}}\n", func(cfg *policy.Config, su *service.Setup) {
+		// The file store stands in for the retention role's store here;
+		// TestGCThroughService (vault/service) runs the real roles on MinIO.
+		su.Retention = &service.Retention{Store: f.st, Options: gc.Options{Policy: cfg.Retention, Trusted: f.keys.Trusted}}
+	}, "gary", "alice")
+	older := 0
+	if f.manifests[1].CheckpointedAt.Before(f.manifests[0].CheckpointedAt.Time) {
+		older = 1
+	}
+	gone := func() bool {
+		_, err := f.st.Stat(context.Background(), f.manifests[older].Objects().Manifest)
+		return errors.Is(err, store.ErrNotExist)
+	}
+	out, stderr, err := s.as(t, "gary", "gc", "--dry-run")
+	if err != nil || !strings.Contains(out, "WOULD DELETE") || !strings.Contains(out, f.manifests[older].Object) || gone() {
+		t.Fatalf("gc --server --dry-run: %v\n%s%s", err, out, stderr)
+	}
+	if _, _, err := s.as(t, "alice", "gc"); err == nil || !strings.Contains(err.Error(), "403") || gone() {
+		t.Errorf("gc --server as alice: %v", err)
+	}
+	out, stderr, err = s.as(t, "gary", "gc", "-o", "json")
+	var rep remote.GCReport
+	if err != nil || json.Unmarshal([]byte(out), &rep) != nil || len(rep.Deleted) != 1 || rep.Deleted[0].Base != f.manifests[older].Object || !gone() {
+		t.Fatalf("gc --server: %v\n%s%s", err, out, stderr)
+	}
+
+	// As `ckvault serve` sets it up from a config without retention
+	// credentials: refused, saying why.
+	s2 := serveFixture(t, f, roles, "retention: {global: {maxCount: 1}}\n", "gary")
+	if _, _, err := s2.as(t, "gary", "gc", "--dry-run"); err == nil || !strings.Contains(err.Error(), "501") || !strings.Contains(err.Error(), "no retention credentials") {
+		t.Errorf("gc --server against a service without retention credentials: %v", err)
+	}
+	cfg, err := policy.Load(s2.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Retention.Interval = "1h"
+	ret, off, err := serveRetention(cfg, f.keys.Trusted)
+	if err != nil || ret != nil {
+		t.Fatalf("serveRetention without credentials: %v, %v", ret, err)
+	}
+	cfg.StateDir = t.TempDir()
+	if _, err := service.Start(context.Background(), cfg, service.Setup{Store: f.st, Trusted: f.keys.Trusted, Signer: f.keys.Signer, RetentionOff: off}); err == nil || !strings.Contains(err.Error(), "retention.accessKeyFile") {
+		t.Errorf("serve with retention.interval and no retention credentials: %v", err)
+	}
+	// Retention credentials name S3 credentials; a file store has none.
+	cfg.Retention.AccessKeyFile, cfg.Retention.SecretKeyFile = "/x/ak", "/x/sk"
+	if _, _, err := serveRetention(cfg, f.keys.Trusted); err == nil || !strings.Contains(err.Error(), "file store") {
+		t.Errorf("retention credentials with a file store: %v", err)
 	}
 }

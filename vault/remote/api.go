@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/checkpoint-vault/ckvault/vault/gc"
 )
 
 // APIVersion is the path prefix of every versioned endpoint.
@@ -183,4 +185,39 @@ type Recorded struct {
 	Record  uint64 `json:"record"`
 	// Objects counts the objects a hold was set on or lifted from.
 	Objects int `json:"objects,omitempty"`
+}
+
+// GCReport answers GET /v1/gc/plan (DryRun) and POST /v1/gc/runs; it is
+// also what `ckvault gc -o json` prints.
+type GCReport struct {
+	DryRun bool     `json:"dryRun"`
+	Plan   *gc.Plan `json:"plan"`
+	// Deleted and Failed are set for a real run.
+	Deleted []gc.Action `json:"deleted,omitempty"`
+	Failed  []GCFailure `json:"failed,omitempty"`
+	// Error is a failure of the run as a whole after its plan was made
+	// (e.g. its audit record could not be written: nothing was deleted).
+	Error string `json:"error,omitempty"`
+}
+
+// GCFailure is one deletion that did not complete (an intent is left, and
+// the next run finishes it).
+type GCFailure struct {
+	Base  string `json:"base"`
+	Error string `json:"error"`
+}
+
+// NewGCReport builds the report of a run (res nil for a dry run).
+func NewGCReport(dryRun bool, plan *gc.Plan, res *gc.Result, runErr error) GCReport {
+	rep := GCReport{DryRun: dryRun, Plan: plan}
+	if res != nil {
+		rep.Deleted = res.Deleted
+		for _, f := range res.Failed {
+			rep.Failed = append(rep.Failed, GCFailure{Base: f.Action.Base, Error: f.Err.Error()})
+		}
+	}
+	if runErr != nil {
+		rep.Error = runErr.Error()
+	}
+	return rep
 }

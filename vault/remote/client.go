@@ -491,6 +491,11 @@ func (o *object) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+	// Never more than the size the answer settled on: a service that
+	// sends more than it announced gets its surplus ignored, not believed.
+	if rest := o.info.Size - o.off; int64(len(p)) > rest {
+		p = p[:rest]
+	}
 	n, err := o.body.Read(p)
 	o.off += int64(n)
 	if err == nil || n > 0 && err != io.EOF {

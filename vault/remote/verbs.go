@@ -3,6 +3,7 @@ package remote
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 )
 
@@ -47,4 +48,23 @@ func (s *Store) SetHold(ctx context.Context, id string, on bool) (*Recorded, err
 		return nil, err
 	}
 	return &r, nil
+}
+
+// GC asks the service to apply its retention policy (verb gc): the plan
+// only (GET /v1/gc/plan) when dryRun, else a run (POST /v1/gc/runs).
+func (s *Store) GC(ctx context.Context, dryRun bool) (*GCReport, error) {
+	var rep GCReport
+	var err error
+	if dryRun {
+		err = s.getJSON(ctx, APIVersion+"/gc/plan", nil, &rep)
+	} else {
+		err = s.send(ctx, http.MethodPost, APIVersion+"/gc/runs", nil, &rep)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if rep.Plan == nil {
+		return nil, fmt.Errorf("%s answered a retention report without a plan", s.Describe())
+	}
+	return &rep, nil
 }

@@ -269,17 +269,13 @@ func (s *Service) handleObject(q *request) error {
 	if !q.authorize(verb, ns, key) {
 		return nil
 	}
-	// The stream cap: a full house answers 503 at once rather than
-	// queueing connections.
-	select {
-	case s.streams <- struct{}{}:
-		s.m.streams.Inc()
-		defer func() { <-s.streams; s.m.streams.Dec() }()
-	default:
-		q.w.Header().Set("Retry-After", "1")
-		writeError(q.w, http.StatusServiceUnavailable, remote.Error{Error: fmt.Sprintf("the service is streaming %d objects already, its limit; retry in a moment", cap(s.streams))})
+	// The stream cap, shared fairly between identities: a full house
+	// answers at once rather than queueing connections.
+	release := s.streams.take(q.w, q.id)
+	if release == nil {
 		return nil
 	}
+	defer release()
 	action := map[string]string{"fetch": "fetched", "get": "got", "audit": "got", "restore": ActionRestoreFetched}[verb]
 	detail := map[string]string{}
 	if purpose != "" {

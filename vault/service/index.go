@@ -393,13 +393,21 @@ func (x *Index) List(q Query, visible func(namespace string) (bool, error)) ([]j
 			}
 		}
 		for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			ns, _, _ := strings.Cut(string(k), "/")
+			ns, _, inNS := strings.Cut(string(k), "/")
 			ok, err := visible(ns)
 			if err != nil {
 				return err
 			}
+			if !ok && !inNS {
+				// A key with no namespace directory (debris at the
+				// store's root): skip it alone. Seeking past ns+"0"
+				// would also skip "ns-x/..." and "ns.x/...", other
+				// namespaces, which sort between the two.
+				continue
+			}
 			if !ok {
-				// Skip the whole namespace at once.
+				// Skip the whole namespace at once: every key between
+				// "ns/" and "ns0" starts with "ns/".
 				k, v = c.Seek([]byte(ns + "0")) // '0' sorts right after '/'
 				if k == nil {
 					break

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -119,6 +120,8 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	startup := time.Since(t0)
 	idleHWM, err := vmHWM(cmd.Process.Pid)
 	must(b, err)
+	anon0, file0 := rssParts(b, cmd.Process.Pid)
+	b.Logf("ckvault serve after indexing: VmHWM %.0f MiB; RssAnon %.0f MiB, RssFile %.0f MiB", float64(idleHWM)/(1<<20), float64(anon0)/(1<<20), float64(file0)/(1<<20))
 	base := "https://" + addr
 	f.makeClients(b)
 
@@ -143,6 +146,9 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 		}
 	})
 	b.ResetTimer()
+	svcCPU0, err := cpuTime(cmd.Process.Pid)
+	must(b, err)
+	ownCPU0 := selfCPU()
 	loadStart := time.Now()
 	var wg sync.WaitGroup
 	for i, c := range f.clients {
@@ -181,6 +187,12 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	wg.Wait()
 	loadTime := time.Since(loadStart)
 	b.StopTimer()
+	svcCPU1, err := cpuTime(cmd.Process.Pid)
+	must(b, err)
+	ownCPU := selfCPU() - ownCPU0
+	loadAvg, _ := os.ReadFile("/proc/loadavg")
+	b.Logf("load phase: %s; CPU: the service %s, the 200 clients (this process) %s; /proc/loadavg %s",
+		loadTime.Round(time.Millisecond), (svcCPU1 - svcCPU0).Round(time.Millisecond), ownCPU.Round(time.Millisecond), strings.TrimSpace(string(loadAvg)))
 	loadHWM, err := vmHWM(cmd.Process.Pid)
 	must(b, err)
 
@@ -204,6 +216,10 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	}
 	peakHWM, err := vmHWM(cmd.Process.Pid)
 	must(b, err)
+	// What the resident set is now: the index's and trail's mmapped pages
+	// (bbolt) count as RssFile, the Go heap and stacks as RssAnon.
+	anon, file := rssParts(b, cmd.Process.Pid)
+	b.Logf("ckvault serve now: RssAnon %.0f MiB, RssFile %.0f MiB", float64(anon)/(1<<20), float64(file)/(1<<20))
 
 	// Stop the service (it exports and closes its trail), then count.
 	proc.stop(b)
@@ -295,6 +311,8 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	b.ReportMetric(mean(direct), "direct-MiB/s")
 	b.ReportMetric(mean(served), "service-MiB/s")
 	b.ReportMetric(mean(served)/mean(direct), "service/direct")
+	b.ReportMetric((svcCPU1-svcCPU0).Seconds()/loadTime.Seconds(), "load-service-cores")
+	b.ReportMetric(ownCPU.Seconds()/loadTime.Seconds(), "load-clients-cores")
 	b.ReportMetric(float64(serveCPU.Nanoseconds())/float64(loadRounds*fetchSetBytes), "service-CPU-ns/B")
 	b.ReportMetric(startup.Seconds(), "startup-index-s")
 	b.ReportMetric(float64(idleHWM)/(1<<20), "idle-RSS-MiB")
@@ -559,6 +577,28 @@ func cpuTime(pid int) (time.Duration, error) {
 		return 0, fmt.Errorf("/proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
 	}
 	return time.Duration(ut+st) * 10 * time.Millisecond, nil
+}
+
+// rssParts reads RssAnon and RssFile (bytes) of a process.
+func rssParts(b *testing.B, pid int) (anon, file int64) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	must(b, err)
+	for _, l := range strings.Split(string(data), "\n") {
+		for name, dst := range map[string]*int64{"RssAnon:": &anon, "RssFile:": &file} {
+			if v, ok := strings.CutPrefix(l, name); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				*dst = kb << 10
+			}
+		}
+	}
+	return anon, file
+}
+
+// selfCPU is this process's user+system CPU time.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // vmHWM reads a process's peak resident set size in bytes.

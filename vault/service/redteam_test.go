@@ -241,3 +241,74 @@ func TestRedteamEveryRefusalIsAudited(t *testing.T) {
 		}
 	}
 }
+
+// TestRedteamOneCallerCannotHoldEveryStream: the cap on concurrent streams
+// is the service's; one caller that opens downloads and reads them slowly
+// (or not at all) must not hold all of it and starve every other caller.
+func TestRedteamOneCallerCannotHoldEveryStream(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file", memoryBytes: 24 << 20, serveExtra: "  maxStreams: 2\n"})
+	alice := e.client("alice")
+	if _, a := e.list(alice, "?namespace=payments"); a.code != 200 {
+		t.Fatalf("list: %d", a.code)
+	}
+	e.srv.Export(context.Background()) // a segment for the auditor to read
+	var held []*http.Response
+	defer func() {
+		for _, r := range held {
+			r.Body.Close()
+		}
+	}()
+	for _, m := range e.vaulted["payments"] {
+		req, _ := http.NewRequest(http.MethodGet, e.url()+"/v1/objects/"+m.Object+manifest.SuffixCiphertext, nil)
+		resp, err := alice.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Never read: the service blocks writing once the socket
+		// buffers are full, holding its stream.
+		held = append(held, resp)
+	}
+	segs := e.get(e.client("auditor"), "/v1/audit/segments")
+	i := strings.Index(string(segs.body), `"key":"`)
+	if segs.code != 200 || i < 0 {
+		t.Fatalf("segments: %d %.300s", segs.code, segs.body)
+	}
+	rest := string(segs.body)[i+len(`"key":"`):]
+	key := rest[:strings.IndexByte(rest, '"')]
+	if a := e.get(e.client("auditor"), "/v1/objects/"+key); a.code != http.StatusOK {
+		t.Errorf("while alice holds her downloads open, the auditor reading %s gets %d %.200s, want 200", key, a.code, a.body)
+	}
+	// alice herself was told to slow down on the stream beyond her share.
+	limited := 0
+	for _, r := range held {
+		if r.StatusCode == http.StatusTooManyRequests && r.Header.Get("Retry-After") != "" {
+			limited++
+		}
+	}
+	if limited != 1 {
+		t.Errorf("alice's streams beyond her share: %d answered 429 with Retry-After, want 1", limited)
+	}
+}
+
+// TestRedteamJunkKeyHidesNoNamespace: an object at the store's root (no
+// namespace directory: debris, or planted by whoever can write there) in a
+// namespace the caller may not list must not hide the entries of a
+// namespace the caller may list that sorts right after it.
+func TestRedteamJunkKeyHidesNoNamespace(t *testing.T) {
+	roles := `
+  roles:
+    - name: team-a
+      verbs: [list, get, fetch]
+      namespaces: [team-a]
+      subjects: [{user: dave}]
+`
+	e := newEnv(t, envOptions{backend: "file", noRoles: true, serveExtra: roles})
+	e.issue(t, "dave", "dave")
+	// "team" sorts before "team-a/...", and "team0" after it.
+	must(t, testvault.PutBytes(context.Background(), e.st, "team"+manifest.SuffixManifest, []byte("{}")))
+	m := e.vaultInNamespace(t, "team-a", "web-0", 7)
+	l, a := e.list(e.client("dave"), "")
+	if a.code != 200 || len(l.Items) != 1 || l.Items[0].Base != m.Object {
+		t.Errorf("dave lists what he may: %d %d entries (%s), want %s", a.code, len(l.Items), namespaces(l), m.Object)
+	}
+}

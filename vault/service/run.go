@@ -40,6 +40,8 @@ type Server struct {
 	ln    net.Listener
 	log   *slog.Logger
 	certs *certReloader
+	// retention runs every retention.interval when set.
+	retention *Retention
 }
 
 // Setup is what Start needs besides the configuration.
@@ -52,6 +54,11 @@ type Setup struct {
 	// may pass their own; nil builds from the configuration).
 	Tokens TokenReviewer
 	Authz  Authorizer
+	// Retention runs GC on the schedule of retention.interval and for
+	// /v1/gc; nil (RetentionOff says why) refuses both, and Start refuses
+	// a configuration that sets retention.interval without it.
+	Retention    *Retention
+	RetentionOff string
 	// RebuildIndex empties the index before the first refresh.
 	RebuildIndex bool
 	Logger       *slog.Logger
@@ -67,6 +74,9 @@ func Start(ctx context.Context, cfg *policy.Config, su Setup) (*Server, error) {
 	log := su.Logger
 	if log == nil {
 		log = slog.Default()
+	}
+	if r := cfg.Retention; r != nil && r.IntervalDuration() > 0 && su.Retention == nil {
+		return nil, fmt.Errorf("retention.interval asks the service to run GC, but it cannot: %s", su.RetentionOff)
 	}
 	dir := filepath.Join(cfg.StateDir, StateSubdir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -155,6 +165,7 @@ func Start(ctx context.Context, cfg *policy.Config, su Setup) (*Server, error) {
 	svc, err := New(Options{
 		Store: su.Store, Index: idx, Audit: trail, Trail: trail, HeadVerifier: su.Trusted.DER(),
 		Tokens: tokens, Audience: audience, Authz: authz, Holds: su.Store,
+		Retention: su.Retention, RetentionOff: su.RetentionOff,
 		MaxStreams: sc.MaxStreams, RateLimit: sc.RateLimit, RateBurst: sc.RateBurst,
 		Logger: log, Registry: prometheus.NewRegistry(),
 	})
@@ -179,7 +190,8 @@ func Start(ctx context.Context, cfg *policy.Config, su Setup) (*Server, error) {
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-	s := &Server{Service: svc, Index: idx, Trail: trail, Addr: ln.Addr().String(), cfg: cfg, st: su.Store, srv: srv, ln: ln, log: log, certs: certs}
+	s := &Server{Service: svc, Index: idx, Trail: trail, Addr: ln.Addr().String(), cfg: cfg, st: su.Store, srv: srv, ln: ln, log: log, certs: certs,
+		retention: su.Retention}
 	go func() {
 		if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("the HTTPS server stopped", "err", err)
@@ -197,10 +209,18 @@ func (s *Server) Run(ctx context.Context) error {
 	defer refresh.Stop()
 	export := time.NewTicker(s.cfg.Audit.ExportEvery())
 	defer export.Stop()
+	var gcTick <-chan time.Time
+	if s.retention != nil && s.cfg.Retention != nil && s.cfg.Retention.IntervalDuration() > 0 {
+		t := time.NewTicker(s.cfg.Retention.IntervalDuration())
+		defer t.Stop()
+		gcTick = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return s.Shutdown()
+		case <-gcTick:
+			s.RunRetention(ctx)
 		case <-refresh.C:
 			res, err := s.Index.Refresh(ctx)
 			if err != nil {
@@ -215,6 +235,25 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-export.C:
 			s.Export(ctx)
 		}
+	}
+}
+
+// RetentionActor names the scheduled runs in audit records.
+const RetentionActor = "ckvault-serve:retention"
+
+// RunRetention makes one scheduled retention run, audited in the service's
+// trail; a failure is logged and the next tick tries again. A run already
+// in progress (one a caller asked for) is not doubled.
+func (s *Server) RunRetention(ctx context.Context) {
+	plan, res, err := s.retention.Run(ctx, RetentionActor, s.Trail, false)
+	switch {
+	case errors.Is(err, ErrGCBusy):
+		s.log.Info("retention: a run is already in progress; skipping this tick")
+	case err != nil:
+		s.log.Error("retention run failed", "err", err)
+	case res != nil:
+		s.log.Info("retention run", "checkpoints", plan.Checkpoints, "deleted", len(res.Deleted), "failed", len(res.Failed),
+			"pinned", len(plan.Pinned), "deferred", len(plan.Deferred), "unverified", len(plan.Unverified))
 	}
 }
 

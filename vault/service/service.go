@@ -67,6 +67,10 @@ type Options struct {
 	// Holds sets and lifts legal holds (PUT/DELETE /v1/holds); nil
 	// answers 501.
 	Holds gc.Holder
+	// Retention runs GC (GET /v1/gc/plan, POST /v1/gc/runs); nil answers
+	// 501 with RetentionOff, which says why and what to do.
+	Retention    *Retention
+	RetentionOff string
 	// MaxStreams caps concurrent object streams; RateLimit and RateBurst
 	// limit requests per identity.
 	MaxStreams int
@@ -90,9 +94,13 @@ type Service struct {
 	audience string
 	authz    Authorizer
 	holds    gc.Holder
-	log      *slog.Logger
+	// retention is nil when the service may not run GC; retentionOff
+	// then says why.
+	retention    *Retention
+	retentionOff string
+	log          *slog.Logger
 
-	streams      chan struct{}
+	streams      *streamSlots
 	writeTimeout time.Duration
 	rateLimit    rate.Limit
 	rateBurst    int
@@ -143,14 +151,17 @@ func New(o Options) (*Service, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.Retention == nil && o.RetentionOff == "" {
+		o.RetentionOff = "this service does not run retention; run `ckvault gc` as the retention job"
+	}
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()
 	}
 	s := &Service{
 		st: o.Store, index: o.Index, audit: o.Audit, trail: o.Trail, headV: o.HeadVerifier,
 		tokens: o.Tokens, audience: o.Audience, authz: o.Authz, holds: o.Holds, log: o.Logger,
-		streams: make(chan struct{}, o.MaxStreams), writeTimeout: o.WriteTimeout,
-		rateLimit: rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*limiterEntry{},
+		retention: o.Retention, retentionOff: o.RetentionOff,
+		writeTimeout: o.WriteTimeout, rateLimit: rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*limiterEntry{},
 		reg: o.Registry,
 	}
 	s.m = metrics{
@@ -169,6 +180,7 @@ func New(o Options) (*Service, error) {
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ckvault_serve_request_seconds",
 			Help: "Time to answer, by route (streams: to the last byte).", Buckets: prometheus.DefBuckets}, []string{"route"}),
 	}
+	s.streams = newStreamSlots(o.MaxStreams, s.m.streams.Add)
 	o.Registry.MustRegister(s.m.requests, s.m.bytes, s.m.denied, s.m.auditFail, s.m.streams, s.m.entries, s.m.latency)
 
 	mux := http.NewServeMux()
@@ -186,6 +198,8 @@ func New(o Options) (*Service, error) {
 	mux.HandleFunc("POST /v1/restores/{id...}", s.api("restore", s.handleRestoreReport))
 	mux.HandleFunc("PUT /v1/holds/{id...}", s.api("hold", s.handleHold))
 	mux.HandleFunc("DELETE /v1/holds/{id...}", s.api("hold", s.handleHold))
+	mux.HandleFunc("GET /v1/gc/plan", s.api("gc", s.handleGC))
+	mux.HandleFunc("POST /v1/gc/runs", s.api("gc", s.handleGC))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, remote.Error{Error: fmt.Sprintf("no such endpoint %s %s; see docs/API.md", r.Method, clipPath(r.URL.Path))})
 	})
