@@ -498,6 +498,13 @@ func (o *object) Read(p []byte) (int, error) {
 	}
 	n, err := o.body.Read(p)
 	o.off += int64(n)
+	if o.off >= o.info.Size && err == nil {
+		// Every byte is here: read the answer's end too, so the stream
+		// ends as the service ends it (after its outcome record) rather
+		// than being reset by our Close while its last write is in
+		// flight — which the service would record as a failed download.
+		err = drainEnd(o.body)
+	}
 	if err == nil || n > 0 && err != io.EOF {
 		return n, nil
 	}
@@ -551,10 +558,27 @@ func (o *object) ReadAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("%s: ranged read at %d answered %q", o.key, off, resp.Header.Get("Content-Range"))
 	}
 	n, err := io.ReadFull(resp.Body, p[:end-off+1])
+	if err == nil {
+		drainEnd(resp.Body) // as in Read
+	}
 	if err == nil && n < len(p) {
 		err = io.EOF
 	}
 	return n, err
+}
+
+// drainEnd reads what is left of an answer whose announced bytes have all
+// arrived: normally nothing but its end (io.EOF, returned as such). A
+// service that sends more than it announced is not read further.
+func drainEnd(body io.Reader) error {
+	var b [1]byte
+	for range 100 { // a Read may return (0, nil); a body will not forever
+		n, err := body.Read(b[:])
+		if err != nil || n > 0 {
+			return err
+		}
+	}
+	return nil
 }
 
 func (o *object) Close() error {

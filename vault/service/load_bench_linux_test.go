@@ -1,6 +1,7 @@
 package service
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -195,6 +196,10 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 		loadTime.Round(time.Millisecond), (svcCPU1 - svcCPU0).Round(time.Millisecond), ownCPU.Round(time.Millisecond), strings.TrimSpace(string(loadAvg)))
 	loadHWM, err := vmHWM(cmd.Process.Pid)
 	must(b, err)
+	// The service's own view: mean time from request to last byte, by
+	// route, from its ckvault_serve_request_seconds histogram. The rest of
+	// what a client sees is waiting for CPU on either side.
+	serverMean := f.serverMeans(b, base)
 
 	// Phase 2: fetch throughput, service against direct, same objects.
 	rs, err := remote.New(remote.Config{Server: base, CAFile: f.ca.CertFile, CertFile: f.certs[0][0], KeyFile: f.certs[0][1]})
@@ -306,6 +311,8 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	b.ReportMetric(pct("listed", 0.99), "list-p99-ms")
 	b.ReportMetric(pct("got", 0.50), "get-p50-ms")
 	b.ReportMetric(pct("got", 0.99), "get-p99-ms")
+	b.ReportMetric(serverMean["list"], "list-server-mean-ms")
+	b.ReportMetric(serverMean["checkpoint"], "get-server-mean-ms")
 	b.ReportMetric(float64(len(f.clients)*loadOpsEach)/loadTime.Seconds(), "req/s")
 	b.ReportMetric(float64(fetchedBytes)/loadTime.Seconds()/(1<<20), "load-fetch-MiB/s")
 	b.ReportMetric(mean(direct), "direct-MiB/s")
@@ -577,6 +584,38 @@ func cpuTime(pid int) (time.Duration, error) {
 		return 0, fmt.Errorf("/proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
 	}
 	return time.Duration(ut+st) * 10 * time.Millisecond, nil
+}
+
+// serverMeans reads the service's /metrics and returns the mean of
+// ckvault_serve_request_seconds per route, in milliseconds.
+func (f *loadFixture) serverMeans(b *testing.B, base string) map[string]float64 {
+	resp, err := f.clients[0].Get(base + "/metrics")
+	must(b, err)
+	defer resp.Body.Close()
+	sum, count := map[string]float64{}, map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		l := sc.Text()
+		for name, dst := range map[string]map[string]float64{"ckvault_serve_request_seconds_sum{": sum, "ckvault_serve_request_seconds_count{": count} {
+			rest, ok := strings.CutPrefix(l, name)
+			if !ok {
+				continue
+			}
+			labels, val, _ := strings.Cut(rest, "} ")
+			route := strings.TrimSuffix(strings.TrimPrefix(labels, `route="`), `"`)
+			v, err := strconv.ParseFloat(val, 64)
+			must(b, err)
+			dst[route] = v
+		}
+	}
+	must(b, sc.Err())
+	out := map[string]float64{}
+	for r, n := range count {
+		if n > 0 {
+			out[r] = sum[r] / n * 1000
+		}
+	}
+	return out
 }
 
 // rssParts reads RssAnon and RssFile (bytes) of a process.

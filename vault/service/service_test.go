@@ -621,3 +621,57 @@ func TestRecordFieldsFromRequestsAreValid(t *testing.T) {
 		t.Errorf("%d listed records, want an intent and an outcome for each of 2 lists", n)
 	}
 }
+
+// TestClientEndsStreamsCleanly: the service client reads each answer to its
+// end before it hangs up, so the service's outcome record of a whole
+// download says what happened — every byte sent, status 200, outcome ok —
+// instead of racing the client's reset of the stream ("http2: stream
+// closed" after the last byte had in fact arrived).
+func TestClientEndsStreamsCleanly(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file", memoryBytes: 1 << 20, serveExtra: "  rateLimit: 1000\n  rateBurst: 1000\n"})
+	obj := e.vaulted["payments"][0].Object + manifest.SuffixCiphertext
+	ct, err := testvault.GetBytes(context.Background(), e.st, obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(ct)
+	rs := e.remote("alice")
+	const n = 30
+	for range n {
+		o, err := rs.Open(context.Background(), obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(o)
+		o.Close()
+		if err != nil || !bytes.Equal(b, ct) {
+			t.Fatalf("download: %d bytes, %v", len(b), err)
+		}
+	}
+	var recs []audit.Record
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		recs = nil
+		for _, r := range e.records(audit.Filter{Actor: "cert:alice", Action: "fetched"}) {
+			if r.Detail["phase"] == "done" {
+				recs = append(recs, r)
+			}
+		}
+		if len(recs) == n {
+			break
+		}
+	}
+	if len(recs) != n {
+		t.Fatalf("%d outcome records for %d downloads", len(recs), n)
+	}
+	bad := 0
+	for _, r := range recs {
+		d := r.Detail
+		if r.Outcome != audit.OK || d["bytes"] != strconv.Itoa(len(ct)) || d["sha256"] != hex.EncodeToString(sum[:]) {
+			bad++
+			t.Logf("outcome %s, %s bytes: %s", r.Outcome, d["bytes"], d["reason"])
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d of %d whole downloads recorded as anything but ok with every byte", bad, n)
+	}
+}
