@@ -232,7 +232,13 @@ func openGCAudit(ctx context.Context, cfg *policy.Config, tk *signing.TrustedKey
 			return audit.Options{}, fmt.Errorf("%w; no node daemon answers here, so gc signs its own audit trail's head with this key and exports the trail to the store, so that its deletions outlive this machine or pod: mount signing.key (and signing.passwordFile, or set %s), or run gc where the node daemon runs; nothing was deleted", err, signing.PasswordEnv)
 		}
 		o := logOptions(cfg)
-		o.Signer, o.Verifier = signer, tk.DER()
+		// GC's own key is an audit key (signing.auditKeys), trusted for
+		// its heads, never for the manifests tk verifies.
+		atk, err := auditTrustedKeys(cfg)
+		if err != nil {
+			return audit.Options{}, err
+		}
+		o.Signer, o.Verifier = signer, atk.DER()
 		return o, nil
 	})
 	if err != nil || local == nil {

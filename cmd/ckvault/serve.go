@@ -88,11 +88,15 @@ func startService(ctx context.Context, cfg *policy.Config, rebuild bool, log *sl
 	if err != nil {
 		return nil, fmt.Errorf("%w (it signs the service's audit heads)", err)
 	}
+	atk, err := auditTrustedKeys(cfg)
+	if err != nil {
+		return nil, err
+	}
 	ret, off, err := serveRetention(cfg, tk)
 	if err != nil {
 		return nil, err
 	}
-	return service.Start(ctx, cfg, service.Setup{Store: st, Trusted: tk, Signer: signer, RebuildIndex: rebuild,
+	return service.Start(ctx, cfg, service.Setup{Store: st, Trusted: tk, AuditTrusted: atk, Signer: signer, RebuildIndex: rebuild,
 		Retention: ret, RetentionOff: off, Logger: log})
 }
 
