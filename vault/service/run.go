@@ -223,12 +223,17 @@ func (s *Server) Run(ctx context.Context) error {
 		defer t.Stop()
 		gcTick = t.C
 	}
+	// A retention run can be long: it runs beside the index refresh and
+	// the export (Retention allows one run at a time), and is waited for,
+	// cancelled, before the trail closes.
+	var gcRuns sync.WaitGroup
 	for {
 		select {
 		case <-ctx.Done():
+			gcRuns.Wait()
 			return s.Shutdown()
 		case <-gcTick:
-			s.RunRetention(ctx)
+			gcRuns.Go(func() { s.RunRetention(ctx) })
 		case <-refresh.C:
 			res, err := s.Index.Refresh(ctx)
 			if err != nil {
