@@ -22,6 +22,11 @@ import (
 const (
 	DefaultPageSize = 500
 	MaxPageSize     = 1000
+	// MaxPageBytes bounds the stored bytes of one page of
+	// GET /v1/checkpoints (a page ends early, with a cursor, when the
+	// next entry would pass it). Real entries are a few KiB; whoever
+	// writes to the store can make each one over a MiB.
+	MaxPageBytes = 32 << 20
 	maxQueryValue   = 1024
 )
 
