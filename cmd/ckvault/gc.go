@@ -69,7 +69,9 @@ nothing. -o json prints the plan (and, for a real run, the result) as JSON.
 With --server URL (see "ckvault list --help") the vault service applies its
 own retention: section with the retention credentials it holds; you need
 its verb gc, and no store credentials. A service without retention
-credentials refuses (501) and says so.`,
+credentials refuses (501) and says so. The answer waits for the run; if it
+takes more than 2 minutes this command gives up waiting, but the run goes on
+in the service and its deletions are in the audit trail.`,
 		Example: `  ckvault gc --config /etc/ckvault/ckvault.yaml --dry-run
   ckvault gc --config /etc/ckvault/ckvault.yaml -o json
   ckvault gc --server https://vault.example:8443 --ca ca.crt --cert me.crt --key me.key --dry-run`,
