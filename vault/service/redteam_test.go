@@ -7,13 +7,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testvault"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
 	"github.com/checkpoint-vault/ckvault/vault/responder"
+	"github.com/checkpoint-vault/ckvault/vault/store"
 )
 
 // Red-team tests of the vault service: attacks by an outsider, by an
@@ -323,5 +327,73 @@ func TestRedteamJunkKeyHidesNoNamespace(t *testing.T) {
 	l, a := e.list(e.client("dave"), "")
 	if a.code != 200 || len(l.Items) != 1 || l.Items[0].Base != m.Object {
 		t.Errorf("dave lists what he may: %d %d entries (%s), want %s", a.code, len(l.Items), namespaces(l), m.Object)
+	}
+}
+
+// listCounter is the real store, counting full listings (List from the
+// first key with no prefix: what an index refresh starts with), each made
+// to take as long as listing a large vault does.
+type listCounter struct {
+	store.Store
+	n     atomic.Int32
+	delay time.Duration
+}
+
+func (c *listCounter) List(ctx context.Context, prefix, startAfter string, limit int) ([]store.ObjectInfo, string, error) {
+	if prefix == "" && startAfter == "" {
+		c.n.Add(1)
+		time.Sleep(c.delay)
+	}
+	return c.Store.List(ctx, prefix, startAfter, limit)
+}
+
+// TestRedteamRefreshBurstListsTheStoreOnce: POST /v1/index/refresh lists
+// the whole store. A burst of them (one caller within its rate limit, or
+// many callers) must not queue one full listing each behind the index's
+// lock: requests that arrive while a refresh runs share the next one.
+func TestRedteamRefreshBurstListsTheStoreOnce(t *testing.T) {
+	roles := `
+  roles:
+    - name: vault-listers
+      verbs: [list]
+      namespaces: ["*"]
+      subjects: [{user: alice}]
+`
+	e := newEnv(t, envOptions{backend: "file", noRoles: true, serveExtra: roles, noStart: true})
+	lc := &listCounter{Store: e.st}
+	su := Setup{Store: lc, Trusted: e.keys.Trusted, Signer: e.keys.Signer}
+	srv, err := Start(context.Background(), e.cfg, su)
+	must(t, err)
+	t.Cleanup(func() { srv.Shutdown() })
+	e.srv = srv
+	lc.n.Store(0)
+	lc.delay = 500 * time.Millisecond
+	alice := e.client("alice")
+	const burst = 30
+	var wg sync.WaitGroup
+	codes := make(chan int, burst)
+	for range burst {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodPost, e.url()+"/v1/index/refresh", nil)
+			resp, err := alice.Do(req)
+			if err != nil {
+				codes <- -1
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if c != http.StatusOK {
+			t.Errorf("refresh: %d", c)
+		}
+	}
+	if n := lc.n.Load(); n > 3 {
+		t.Errorf("%d concurrent refresh requests listed the whole store %d times, want at most 3", burst, n)
 	}
 }
