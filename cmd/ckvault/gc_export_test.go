@@ -250,3 +250,54 @@ func TestGCExportRetried(t *testing.T) {
 		t.Errorf("audit verify --from-store: %v", err)
 	}
 }
+
+// TestGCRefusesAnotherTrailsName: gc run with a node's config (node:
+// laptop) where the store already holds that node's exported trail would
+// interleave a second hash chain under audit/laptop/; it refuses before
+// deleting anything, and runs under a name of its own.
+func TestGCRefusesAnotherTrailsName(t *testing.T) {
+	f := newVaultFixture(t)
+	ctx := context.Background()
+	other, err := audit.Open(filepath.Join(t.TempDir(), "state", audit.FileName), audit.Options{Node: "laptop", Signer: f.keys.Signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Append(ctx, audit.Record{Actor: "daemon", Action: "uploaded", Subject: "x", Outcome: audit.OK}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.SignHead(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := other.Export(ctx, f.st, audit.ExportOptions{}); err != nil || len(res.Keys) != 1 {
+		t.Fatalf("exporting the node's own trail: %v %v", res, err)
+	}
+	other.Close()
+
+	cfg, err := os.ReadFile(f.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = append(cfg, "retention: {global: {maxCount: 1}}\n"...)
+	if err := os.WriteFile(f.config, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = runCmd(t, "gc", "--config", f.config)
+	if err == nil || !strings.Contains(err.Error(), `audit trail of node "laptop"`) || !strings.Contains(err.Error(), "nothing was deleted") {
+		t.Fatalf("gc under another trail's name: %v", err)
+	}
+	for _, m := range f.manifests {
+		if _, err := f.st.Stat(ctx, m.Objects().Manifest); err != nil {
+			t.Fatalf("gc refused yet deleted %s: %v", m.Object, err)
+		}
+	}
+	renamed := strings.Replace(string(cfg), "node: laptop\n", "node: laptop-gc\n", 1)
+	if err := os.WriteFile(f.config, []byte(renamed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runCmd(t, "gc", "--config", f.config); err != nil {
+		t.Fatalf("gc under a name of its own: %v", err)
+	}
+	if _, _, err := runCmd(t, "audit", "verify", "--config", f.config, "--from-store"); err != nil {
+		t.Errorf("audit verify --from-store: %v", err)
+	}
+}
