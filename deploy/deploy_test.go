@@ -199,6 +199,13 @@ func TestEmbeddedConfigs(t *testing.T) {
 			if cfg.Retention == nil || cfg.Retention.Global == nil || cfg.Node != "ckvault-gc" {
 				t.Errorf("gc config has no global retention policy")
 			}
+			// gc signs its exported trail with a key of its own, which
+			// it (and every reader) trusts for audit heads only.
+			if cfg.Signing.Key == "" || len(cfg.Signing.PublicKeys) != 0 || len(cfg.Signing.AuditKeys) != 1 ||
+				filepath.Dir(cfg.Signing.AuditKeys[0]) != filepath.Dir(cfg.Signing.Key) {
+				t.Errorf("gc config: signing key %q, publicKeys %v, auditKeys %v; want its own key's public half in auditKeys only",
+					cfg.Signing.Key, cfg.Signing.PublicKeys, cfg.Signing.AuditKeys)
+			}
 		case "ckvault-service-config":
 			if cfg.Node != "node-from-env" || cfg.Serve == nil || cfg.Serve.Kubernetes == nil || !cfg.Serve.Kubernetes.Authorize {
 				t.Errorf("service config: node %q, serve %+v; want SubjectAccessReview authorisation", cfg.Node, cfg.Serve)

@@ -85,6 +85,12 @@ type SigningConfig struct {
 	// rotation.
 	PublicKey  string   `yaml:"publicKey"`
 	PublicKeys []string `yaml:"publicKeys"`
+	// AuditKeys are keys trusted to sign audit heads only, never
+	// manifests: those of signers that vault nothing (the vault service's
+	// replicas, the retention job). Trusting such a key in PublicKeys
+	// would let whoever holds it — a compromised service — vouch for a
+	// forged checkpoint.
+	AuditKeys []string `yaml:"auditKeys"`
 }
 
 // DaemonConfig tunes the node daemon.

@@ -70,6 +70,9 @@ func (c *Config) resolvePaths(baseDir string) {
 	abs(&c.Signing.Key)
 	abs(&c.Signing.PasswordFile)
 	abs(&c.Signing.PublicKey)
+	for i := range c.Signing.AuditKeys {
+		abs(&c.Signing.AuditKeys[i])
+	}
 	for i := range c.Signing.PublicKeys {
 		abs(&c.Signing.PublicKeys[i])
 	}
@@ -289,6 +292,13 @@ func (s *SigningConfig) validate(v *validator) {
 	checkPath(v, "signing.publicKey", s.PublicKey)
 	for i, p := range s.PublicKeys {
 		k := fmt.Sprintf("signing.publicKeys[%d]", i)
+		if p == "" {
+			v.add(k, "is empty; name a PEM public key file or remove the entry")
+		}
+		checkPath(v, k, p)
+	}
+	for i, p := range s.AuditKeys {
+		k := fmt.Sprintf("signing.auditKeys[%d]", i)
 		if p == "" {
 			v.add(k, "is empty; name a PEM public key file or remove the entry")
 		}

@@ -368,7 +368,7 @@ func openNodeLog(ctx context.Context, cfg *policy.Config) (nodeLog, func(), erro
 		return nil, nil, err
 	}
 	var v audit.HeadVerifier
-	if tk, err := trustedKeys(cfg); err == nil {
+	if tk, err := auditTrustedKeys(cfg); err == nil {
 		v = tk.DER()
 	} else {
 		v = missingVerifier{err}
@@ -382,6 +382,9 @@ type missingVerifier struct{ err error }
 
 func (m missingVerifier) VerifyDigest([32]byte, []byte) (string, error) { return "", m.err }
 
+// trustedKeys are the keys trusted to sign manifests (and, since nodes
+// sign their audit heads with the same key, audit heads): signing.publicKey
+// and signing.publicKeys. Never signing.auditKeys: see auditTrustedKeys.
 func trustedKeys(cfg *policy.Config) (*signing.TrustedKeys, error) {
 	var paths []string
 	if cfg.Signing.PublicKey != "" {
@@ -389,7 +392,26 @@ func trustedKeys(cfg *policy.Config) (*signing.TrustedKeys, error) {
 	}
 	paths = append(paths, cfg.Signing.PublicKeys...)
 	if len(paths) == 0 {
-		return nil, errors.New("no trusted key to verify audit heads: set signing.publicKey in the config")
+		return nil, errors.New("no trusted signing key: set signing.publicKey in the config")
+	}
+	return signing.LoadTrustedKeys(paths...)
+}
+
+// auditTrustedKeys are the keys trusted to sign audit heads: trustedKeys
+// and signing.auditKeys (the vault service's and the retention job's keys,
+// which sign audit heads only), plus extra. A key that is only an audit key
+// never verifies a manifest, so whoever holds it — a compromised service —
+// cannot vouch for a forged checkpoint.
+func auditTrustedKeys(cfg *policy.Config, extra ...string) (*signing.TrustedKeys, error) {
+	var paths []string
+	if cfg.Signing.PublicKey != "" {
+		paths = append(paths, cfg.Signing.PublicKey)
+	}
+	paths = append(paths, cfg.Signing.PublicKeys...)
+	paths = append(paths, cfg.Signing.AuditKeys...)
+	paths = append(paths, extra...)
+	if len(paths) == 0 {
+		return nil, errors.New("no trusted key to verify audit heads: set signing.publicKey (and signing.auditKeys for the service's and the retention job's keys) in the config")
 	}
 	return signing.LoadTrustedKeys(paths...)
 }
@@ -415,7 +437,7 @@ func logOptions(cfg *policy.Config) audit.Options {
 }
 
 func readStoreTrail(ctx context.Context, cfg *policy.Config) (*audit.StoreTrail, error) {
-	tk, err := trustedKeys(cfg)
+	tk, err := auditTrustedKeys(cfg)
 	if err != nil {
 		return nil, err
 	}

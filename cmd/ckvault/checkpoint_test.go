@@ -81,6 +81,15 @@ func TestCheckpointCommand(t *testing.T) {
 			t.Errorf("%s token: %v", name, err)
 		}
 	}
+	// A real token of an account without create on nodes/checkpoint: 403,
+	// naming the permission.
+	c.ServiceAccount(t, ns, "bystander")
+	if err := os.WriteFile(tok, []byte(c.Token(t, ns, "bystander", testkube.APIAudience, time.Hour)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err = runCmd(t, args...); err == nil || !strings.Contains(err.Error(), "403") || !strings.Contains(err.Error(), "nodes/checkpoint") {
+		t.Errorf("token without create on nodes/checkpoint: %v", err)
+	}
 	// Usage errors.
 	for _, a := range [][]string{
 		{"checkpoint", "payments/api-0", "--config", h.ConfigPath},

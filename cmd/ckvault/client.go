@@ -29,7 +29,7 @@ import (
 // one instance serves whichever command was chosen.
 type clientOptions struct {
 	server, cert, key, ca, token, tokenFile, clientConfig string
-	trustedKeys                                           []string
+	trustedKeys, trustedAuditKeys                         []string
 }
 
 var client clientOptions
@@ -54,6 +54,7 @@ func addClientFlags(root *cobra.Command) {
 				f.StringVar(&client.token, "token", "", "bearer token for the service (prefer --token-file: arguments are visible to other users)")
 				f.StringVar(&client.tokenFile, "token-file", "", "file holding a bearer token, re-read at each request (env CKVAULT_TOKEN_FILE)")
 				f.StringArrayVar(&client.trustedKeys, "trusted-key", nil, "signing public key to trust (PEM; repeatable; default: the config's signing.publicKey(s))")
+				f.StringArrayVar(&client.trustedAuditKeys, "trusted-audit-key", nil, "public key trusted for audit heads only, never manifests: the service's or the retention job's (PEM; repeatable; default: the config's signing.auditKeys)")
 				f.StringVar(&client.clientConfig, "client-config", "", "client config file (default $CKVAULT_CLIENT_CONFIG or ~/.config/ckvault/client.yaml)")
 			}
 			walk(sub, name+" ")
@@ -70,7 +71,9 @@ type clientFile struct {
 	Key         string   `yaml:"key"`
 	TokenFile   string   `yaml:"tokenFile"`
 	TrustedKeys []string `yaml:"trustedKeys"`
-	Identities  []string `yaml:"identities"`
+	// TrustedAuditKeys are trusted for audit heads only.
+	TrustedAuditKeys []string `yaml:"trustedAuditKeys"`
+	Identities       []string `yaml:"identities"`
 }
 
 func loadClientFile(path string, explicit bool) (*clientFile, error) {
@@ -85,7 +88,7 @@ func loadClientFile(path string, explicit bool) (*clientFile, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cf); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("client config %s: %w (keys: server, ca, cert, key, tokenFile, trustedKeys, identities)", path, err)
+		return nil, fmt.Errorf("client config %s: %w (keys: server, ca, cert, key, tokenFile, trustedKeys, trustedAuditKeys, identities)", path, err)
 	}
 	dir := filepath.Dir(path)
 	abs := func(p *string) {
@@ -100,6 +103,9 @@ func loadClientFile(path string, explicit bool) (*clientFile, error) {
 	for i := range cf.TrustedKeys {
 		abs(&cf.TrustedKeys[i])
 	}
+	for i := range cf.TrustedAuditKeys {
+		abs(&cf.TrustedAuditKeys[i])
+	}
 	for i := range cf.Identities {
 		abs(&cf.Identities[i])
 	}
@@ -111,7 +117,9 @@ func loadClientFile(path string, explicit bool) (*clientFile, error) {
 type resolved struct {
 	remote      remote.Config
 	trustedKeys []string
-	identities  []string
+	// trustedAuditKeys verify audit heads only.
+	trustedAuditKeys []string
+	identities       []string
 }
 
 // clientMode returns the service to read through, or ok=false for direct
@@ -158,6 +166,10 @@ func (c *clientOptions) resolve() (r resolved, ok bool, err error) {
 	if len(r.trustedKeys) == 0 {
 		r.trustedKeys = cf.TrustedKeys
 	}
+	r.trustedAuditKeys = c.trustedAuditKeys
+	if len(r.trustedAuditKeys) == 0 {
+		r.trustedAuditKeys = cf.TrustedAuditKeys
+	}
 	r.identities = cf.Identities
 	return r, true, nil
 }
@@ -191,6 +203,27 @@ func clientTrustedKeys(cfg *policy.Config, r resolved) (*signing.TrustedKeys, er
 	tk, err := trustedKeys(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%v: through the service too, every object is verified here against keys you trust; pass --trusted-key FILE (the vault's signing.pub)", err)
+	}
+	return tk, nil
+}
+
+// clientAuditTrustedKeys verify the exported trail's heads: the keys
+// trusted for manifests (nodes sign their heads with them) and the audit
+// keys (--trusted-audit-key, the client file's, else the config's
+// signing.auditKeys), which verify heads only: a service whose key an
+// auditor must trust to read its records cannot use it to vouch for a
+// checkpoint.
+func clientAuditTrustedKeys(cfg *policy.Config, r resolved) (*signing.TrustedKeys, error) {
+	if len(r.trustedKeys) > 0 {
+		extra := r.trustedAuditKeys
+		if len(extra) == 0 {
+			extra = cfg.Signing.AuditKeys
+		}
+		return signing.LoadTrustedKeys(append(append([]string(nil), r.trustedKeys...), extra...)...)
+	}
+	tk, err := auditTrustedKeys(cfg, r.trustedAuditKeys...)
+	if err != nil {
+		return nil, fmt.Errorf("%v: through the service too, every segment is verified here against keys you trust; pass --trusted-key FILE (the vault's signing.pub) and --trusted-audit-key FILE (the service's)", err)
 	}
 	return tk, nil
 }
@@ -279,7 +312,7 @@ func remoteStoreTrail(ctx context.Context, configPath string, r resolved) (*audi
 	if err != nil {
 		return nil, err
 	}
-	tk, err := clientTrustedKeys(cfg, r)
+	tk, err := clientAuditTrustedKeys(cfg, r)
 	if err != nil {
 		return nil, err
 	}

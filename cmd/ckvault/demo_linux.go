@@ -5,17 +5,23 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/crypto/envelope"
+	"github.com/checkpoint-vault/ckvault/crypto/signing"
 	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/termsafe"
+	"github.com/checkpoint-vault/ckvault/policy"
+	"github.com/checkpoint-vault/ckvault/vault/manifest"
+	"github.com/checkpoint-vault/ckvault/vault/remote"
 	"github.com/checkpoint-vault/ckvault/vault/responder"
 	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
 )
@@ -167,6 +173,10 @@ func runDemo(ctx context.Context, w io.Writer, h *devHandle) error {
 	}
 	printInspection(w, ins)
 
+	if err := demoService(ctx, w, step, h, tk, id, p.Object, out, archive.Bytes(), start); err != nil {
+		return err
+	}
+
 	step("ckvault audit query --since %s", start.Format(time.RFC3339))
 	log := h.Daemon.Audit()
 	var recs []audit.Record
@@ -198,8 +208,121 @@ func runDemo(ctx context.Context, w io.Writer, h *devHandle) error {
 	}
 	fmt.Fprintf(w, "audit trail verifies: %d records, %d signed heads, the newest covering seq %d\n", vr.Records, vr.Heads, vr.LastSigned)
 
-	fmt.Fprintf(w, "\nDemo complete. Everything is under %s; run `ckvault dev --dir %s` to keep the daemon running.\n", h.Dir, h.Dir)
+	fmt.Fprintf(w, "\nDemo complete. Everything is under %s; run `ckvault dev --dir %s` to keep the daemon running,\nand `ckvault serve --config %s` beside it for the vault service.\n",
+		h.Dir, h.Dir, filepath.Join(h.Dir, devServeConfigName))
 	return nil
+}
+
+// demoService starts the vault service of the dev setup (serve.yaml) in
+// this process and reads the checkpoint through it as the dev responder,
+// whose laptop would hold no store credentials: list, then fetch (verified
+// here, against the trusted key, not the service's word). The auditor's
+// certificate may not fetch: a 403, recorded like every request. Then it
+// prints the service's own trail.
+func demoService(ctx context.Context, w io.Writer, step func(string, ...any), h *devHandle, tk *signing.TrustedKeys,
+	id, base, fetched string, original []byte, start time.Time) error {
+	servePath := filepath.Join(h.Dir, devServeConfigName)
+	cfg, err := policy.Load(servePath)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	cfg.Serve.Listen = "127.0.0.1:0" // beside a `ckvault serve` you may run on its port
+	sctx, stop := context.WithCancel(ctx)
+	srv, err := startService(sctx, cfg, false, h.Log)
+	if err != nil {
+		stop()
+		return fmt.Errorf("demo: starting the vault service: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(sctx) }()
+	defer func() { stop(); <-done }()
+
+	url := "https://" + srv.Addr
+	pki := func(name, ext string) string { return devPKIFile(h.Dir, name, ext) }
+	flags := func(who string) string {
+		rel := func(p string) string { r, _ := filepath.Rel(h.Dir, p); return r }
+		return fmt.Sprintf("--server %s --ca %s --cert %s --key %s", url, rel(pki(devCAName, ".crt")), rel(pki(who, ".crt")), rel(pki(who, ".key")))
+	}
+	client := func(who string) (*responder.Responder, error) {
+		rs, err := remote.New(remote.Config{Server: url, CAFile: pki(devCAName, ".crt"), CertFile: pki(who, ".crt"), KeyFile: pki(who, ".key")})
+		if err != nil {
+			return nil, err
+		}
+		// The service records every read itself, before its first byte.
+		return &responder.Responder{Store: rs, Trusted: tk, Audit: serviceAudited{}, Actor: localActor()}, nil
+	}
+	step("ckvault serve --config %s   (the vault service, here in this process, on %s: %d checkpoints indexed)", servePath, url, srv.Index.Len())
+
+	r, err := client(devResponder)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	step("ckvault list %s", flags(devResponder))
+	ents, err := r.List(ctx, responder.ListOptions{Namespace: "demo", Since: start})
+	if err != nil {
+		return fmt.Errorf("demo: list through the service: %w", err)
+	}
+	found := false
+	for _, e := range ents {
+		fmt.Fprintf(w, "%s  %s  %s\n", termsafe.String(e.ID), e.Checkpointed().Format(time.RFC3339), termsafe.String(e.Base))
+		found = found || e.ID == id
+	}
+	if !found {
+		return fmt.Errorf("demo: %s is not in the service's listing", id)
+	}
+
+	step("ckvault fetch %s %s", id, flags(devResponder))
+	ids, err := envelope.LoadIdentities(h.Config.Identities, envelope.IdentityOptions{PluginDir: h.Config.PluginDir})
+	if err != nil {
+		return fmt.Errorf("demo: loading the responder identity: %w", err)
+	}
+	out := fetched + ".via-service"
+	if _, err := r.Fetch(ctx, id, out, responder.FetchOptions{Identities: ids}); err != nil {
+		return fmt.Errorf("demo: fetch through the service: %w", err)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	if !bytes.Equal(got, original) {
+		return fmt.Errorf("demo: %s, fetched through the service, differs from the original", out)
+	}
+	fmt.Fprintf(w, "fetched to %s: byte-identical, checked here against %s, not on the service's word\n", out, h.Config.Signing.PublicKey)
+
+	// The auditor may read the trail, not checkpoints: a listing holds
+	// only what its caller may see, and the ciphertext itself is refused.
+	step("ckvault list %s   (the auditor may read the trail, not checkpoints)", flags(devAuditor))
+	a, err := client(devAuditor)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	if ents, err := a.List(ctx, responder.ListOptions{Namespace: "demo", Since: start}); err != nil || len(ents) != 0 {
+		return fmt.Errorf("demo: the auditor's listing holds %d checkpoints (%v), want none", len(ents), err)
+	}
+	fmt.Fprintln(w, "(nothing: a listing holds only what its caller may see)")
+	key := base + manifest.SuffixCiphertext
+	step("GET %s%s/objects/%s as %s", url, remote.APIVersion, key, devAuditor)
+	_, err = a.Store.Open(ctx, key)
+	var se *remote.StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusForbidden {
+		return fmt.Errorf("demo: the auditor's read of %s was not refused with 403: %v", key, err)
+	}
+	fmt.Fprintf(w, "refused: %s\n", termsafe.String(se.Error()))
+
+	step("the vault service's audit trail (each request recorded before its first byte, its outcome after)")
+	var recs []audit.Record
+	for f := (audit.Filter{Since: start, Limit: audit.MaxLimit}); ; {
+		page, err := srv.Trail.Query(ctx, f)
+		if err != nil {
+			return fmt.Errorf("demo: the service's audit trail: %w", err)
+		}
+		recs = append(recs, page.Records...)
+		if page.Next == "" {
+			break
+		}
+		f.Cursor = page.Next
+	}
+	return printRecords(w, "table", recs)
 }
 
 // writeInPlace writes data to a new file at path in pieces, as CRI-O and

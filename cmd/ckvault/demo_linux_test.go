@@ -32,6 +32,11 @@ func TestDevDemo(t *testing.T) {
 			"Verified:      yes",
 			"Engine:        cri-o",
 			" proven ", " shredded ", " fetched ",
+			"byte-identical, checked here against",
+			"(nothing: a listing holds only what its caller may see)",
+			"403 cert:demo-auditor may not fetch in namespace demo",
+			"cert:demo-responder  fetched (intent)",
+			"cert:demo-auditor    denied",
 			"audit trail verifies",
 		} {
 			if !strings.Contains(out.String(), want) {

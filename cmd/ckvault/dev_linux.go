@@ -34,10 +34,12 @@ func (o *devOptions) addFlags(cmd *cobra.Command) {
 // The layout of a dev directory.
 const (
 	devConfigName = "ckvault.yaml"
-	devKeys       = "keys"
-	devCheckpts   = "checkpoints"
-	devState      = "state"
-	devStore      = "store"
+	// devServeConfigName is the vault service's configuration.
+	devServeConfigName = "serve.yaml"
+	devKeys            = "keys"
+	devCheckpts        = "checkpoints"
+	devState           = "state"
+	devStore           = "store"
 )
 
 func newDevCommand() *cobra.Command {
@@ -53,7 +55,11 @@ func newDevCommand() *cobra.Command {
                 directories below
   checkpoints/  the directory to drop checkpoint archives into
   store/        the local "object store" the vaulted objects land in
-  state/        the daemon's databases and its socket
+  state/        the daemon's databases and its socket (and the service's)
+  serve.yaml    the vault service's configuration (ckvault serve --config):
+                mTLS on 127.0.0.1:8443, demo-responder may list and fetch,
+                demo-auditor may read the audit trail
+  pki/          a CA, the service's certificate and the two clients'
 
 and runs the node daemon in the foreground (Ctrl-C stops it). A second run
 reuses everything, so archives vaulted earlier stay listable.
@@ -61,8 +67,11 @@ reuses everything, so archives vaulted earlier stay listable.
 With --demo it instead takes one generated sample checkpoint through the
 whole journey and exits: drops it into checkpoints/, waits until it is
 vaulted and the local copy shredded, lists, verifies, fetches (byte for
-byte against the original) and inspects it, and prints its audit trail and
-the trail's verification. The daemon's own log goes to DIR/daemon.log then.`,
+byte against the original) and inspects it; starts the vault service and
+lists and fetches it again through it as demo-responder, shows that
+demo-auditor is refused, and prints the service's trail; then prints the
+node's audit trail and its verification. The daemon's and the service's
+logs go to DIR/daemon.log then.`,
 		Example: `  ckvault dev --demo
   ckvault dev
   ckvault dev --dir /tmp/ckv`,
@@ -96,6 +105,8 @@ type devHandle struct {
 	ConfigPath string
 	Config     *policy.Config
 	Daemon     *daemon.Daemon
+	// Log is the daemon's logger (the demo's vault service logs there too).
+	Log *slog.Logger
 	// Done receives Run's result once the context is cancelled and the
 	// daemon has drained.
 	Done <-chan error
@@ -129,7 +140,7 @@ func startDevLogging(ctx context.Context, stdout, stderr, logw io.Writer, dir st
 	case err := <-done:
 		return nil, fmt.Errorf("dev: %w", err)
 	}
-	return &devHandle{Dir: filepath.Dir(cfgPath), ConfigPath: cfgPath, Config: cfg, Daemon: d, Done: done}, nil
+	return &devHandle{Dir: filepath.Dir(cfgPath), ConfigPath: cfgPath, Config: cfg, Daemon: d, Log: log, Done: done}, nil
 }
 
 // setupDev creates (or reuses) the keys, config and directories of a dev
@@ -168,18 +179,71 @@ func setupDev(stdout, stderr io.Writer, dir string) (string, error) {
 			return "", fmt.Errorf("dev: creating %s: %w", filepath.Join(abs, sub), err)
 		}
 	}
+	if created, err := setupDevPKI(abs); err != nil {
+		return "", fmt.Errorf("dev: creating the vault service's certificates in %s: %w", filepath.Join(abs, devPKI), err)
+	} else if created {
+		fmt.Fprintf(stdout, "Wrote a CA and certificates for the vault service and two clients in %s\n", filepath.Join(abs, devPKI))
+	}
 	cfgPath := filepath.Join(abs, devConfigName)
+	node := ""
 	if _, err := os.Lstat(cfgPath); err == nil {
 		fmt.Fprintf(stdout, "Reusing the configuration %s\n", cfgPath)
-		return cfgPath, nil
-	}
-	host, _ := os.Hostname()
-	node := devNodeName(host)
-	// Paths are relative to the config file, so the directory can move
-	// (except the store URL, which must be absolute).
-	y := fmt.Sprintf(`# Written by "ckvault dev". Every key is documented in deploy/ckvault.example.yaml.
-node: %s
+		cfg, err := policy.Load(cfgPath)
+		if err != nil {
+			return "", err
+		}
+		node = cfg.Node
+	} else {
+		host, _ := os.Hostname()
+		node = devNodeName(host)
+		// Paths are relative to the config file, so the directory can move
+		// (except the store URL, which must be absolute).
+		y := devCommonConfig(node, abs) + fmt.Sprintf(`identities: [%s/%s]
 checkpointsDir: %s
+daemon:
+  workers: 2
+  # dev runs as you, and vaults archives you own.
+  owner: "%d"
+  listen: 127.0.0.1:0
+  rescanInterval: 10s
+`, devKeys, keygenAgeKey, devCheckpts, os.Getuid())
+		if err := writeNewFile(cfgPath, []byte(y), 0o600); err != nil {
+			return "", fmt.Errorf("dev: %w", err)
+		}
+		fmt.Fprintf(stdout, "Wrote the configuration %s\n", cfgPath)
+	}
+	servePath := filepath.Join(abs, devServeConfigName)
+	if _, err := os.Lstat(servePath); err != nil {
+		// The service's own trail needs its own name: two writers must never
+		// export under one audit/<node>/.
+		y := devCommonConfig(devServiceNode(node), abs) + fmt.Sprintf(`serve:
+  listen: 127.0.0.1:8443
+  tlsCert: %[1]s/%[2]s.crt
+  tlsKey: %[1]s/%[2]s.key
+  clientCA: %[1]s/%[3]s.crt      # mTLS: the identity is the certificate's CN
+  roles:
+    - name: responders
+      verbs: [list, get, fetch, restore]
+      namespaces: ["*"]
+      subjects: [{user: %[4]s}]
+    - name: auditors
+      verbs: [audit]
+      namespaces: ["*"]
+      subjects: [{user: %[5]s}]
+`, devPKI, devServerName, devCAName, devResponder, devAuditor)
+		if err := writeNewFile(servePath, []byte(y), 0o600); err != nil {
+			return "", fmt.Errorf("dev: %w", err)
+		}
+		fmt.Fprintf(stdout, "Wrote the vault service's configuration %s\n", servePath)
+	}
+	return cfgPath, nil
+}
+
+// devCommonConfig is what the daemon's and the service's dev configurations
+// share: the store, the keys and the state directory.
+func devCommonConfig(node, abs string) string {
+	return fmt.Sprintf(`# Written by "ckvault dev". Every key is documented in deploy/ckvault.example.yaml.
+node: %s
 stateDir: %s
 store:
   url: file://%s
@@ -187,24 +251,20 @@ recipientsFile: %s/%s
 signing:
   key: %s/%s
   publicKey: %s/%s
-identities: [%s/%s]
-daemon:
-  workers: 2
-  # dev runs as you, and vaults archives you own.
-  owner: "%d"
-  listen: 127.0.0.1:0
-  rescanInterval: 10s
 audit:
   signEvery: 10
   signInterval: 10s
   exportInterval: 1m
-`, node, devCheckpts, devState, filepath.Join(abs, devStore), devKeys, keygenAgePub, devKeys, keygenSigningKey,
-		devKeys, keygenSigningPub, devKeys, keygenAgeKey, os.Getuid())
-	if err := writeNewFile(cfgPath, []byte(y), 0o600); err != nil {
-		return "", fmt.Errorf("dev: %w", err)
+`, node, devState, filepath.Join(abs, devStore), devKeys, keygenAgePub, devKeys, keygenSigningKey,
+		devKeys, keygenSigningPub)
+}
+
+// devServiceNode names the dev vault service's audit trail.
+func devServiceNode(node string) string {
+	if n := node + "-vault"; k8sname.Node.Valid(n) {
+		return n
 	}
-	fmt.Fprintf(stdout, "Wrote the configuration %s\n", cfgPath)
-	return cfgPath, nil
+	return "dev-vault"
 }
 
 // devNodeName picks the node name written into a new dev configuration:
@@ -236,6 +296,10 @@ checkpoint-vault dev daemon is running (Ctrl-C stops it).
       ckvault audit query --config %s
       ckvault fetch ID --config %s -o out.tar
   Metrics and health: http://%s/metrics  /healthz  /readyz
+  The vault service, in another terminal (clients then need no store access):
+      ckvault serve --config %s
+      ckvault list --server https://127.0.0.1:8443 --ca %s --cert %s --key %s --trusted-key %s
 `, h.Config.CheckpointsDir, strings.TrimPrefix(h.Config.Store.URL, "file://"), q(h.ConfigPath), q(h.ConfigPath), q(h.ConfigPath),
-		h.Daemon.MetricsAddr())
+		h.Daemon.MetricsAddr(), q(filepath.Join(h.Dir, devServeConfigName)), q(devPKIFile(h.Dir, devCAName, ".crt")),
+		q(devPKIFile(h.Dir, devResponder, ".crt")), q(devPKIFile(h.Dir, devResponder, ".key")), q(h.Config.Signing.PublicKey))
 }

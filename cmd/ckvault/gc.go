@@ -19,6 +19,7 @@ import (
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/gc"
 	"github.com/checkpoint-vault/ckvault/vault/remote"
+	"github.com/checkpoint-vault/ckvault/vault/store"
 	"github.com/checkpoint-vault/ckvault/vault/store/storeconfig"
 )
 
@@ -59,7 +60,8 @@ CronJob, an operator's machine) gc keeps its own trail in stateDir, signs its
 head with signing.key (signing.passwordFile or $CKVAULT_SIGNING_PASSWORD) and
 exports it to the store under audit/<node>/ at the end of every real run, so
 "ckvault audit query --from-store" shows its deletions; a real run without a
-usable signing key refuses to start.
+usable signing key refuses to start, and so does one whose node: already names
+another trail in the store (give gc a node name of its own, e.g. ckvault-gc).
 
 --dry-run prints exactly what a real run would delete, and why, and changes
 nothing. -o json prints the plan (and, for a real run, the result) as JSON.
@@ -67,7 +69,9 @@ nothing. -o json prints the plan (and, for a real run, the result) as JSON.
 With --server URL (see "ckvault list --help") the vault service applies its
 own retention: section with the retention credentials it holds; you need
 its verb gc, and no store credentials. A service without retention
-credentials refuses (501) and says so.`,
+credentials refuses (501) and says so. The answer waits for the run; if it
+takes more than 2 minutes this command gives up waiting, but the run goes on
+in the service and its deletions are in the audit trail.`,
 		Example: `  ckvault gc --config /etc/ckvault/ckvault.yaml --dry-run
   ckvault gc --config /etc/ckvault/ckvault.yaml -o json
   ckvault gc --server https://vault.example:8443 --ca ca.crt --cert me.crt --key me.key --dry-run`,
@@ -232,18 +236,32 @@ func openGCAudit(ctx context.Context, cfg *policy.Config, tk *signing.TrustedKey
 			return audit.Options{}, fmt.Errorf("%w; no node daemon answers here, so gc signs its own audit trail's head with this key and exports the trail to the store, so that its deletions outlive this machine or pod: mount signing.key (and signing.passwordFile, or set %s), or run gc where the node daemon runs; nothing was deleted", err, signing.PasswordEnv)
 		}
 		o := logOptions(cfg)
-		o.Signer, o.Verifier = signer, tk.DER()
+		// GC's own key is an audit key (signing.auditKeys), trusted for
+		// its heads, never for the manifests tk verifies.
+		atk, err := auditTrustedKeys(cfg)
+		if err != nil {
+			return audit.Options{}, err
+		}
+		o.Signer, o.Verifier = signer, atk.DER()
 		return o, nil
 	})
 	if err != nil || local == nil {
 		return a, closeFn, err
+	}
+	xst, err := storeconfig.Open(cfg.Store, slog.Default())
+	if err == nil {
+		err = checkTrailName(ctx, xst, cfg, local)
+	}
+	if err != nil {
+		local.Close()
+		return nil, nil, err
 	}
 	return a, func() error {
 		// The run's own context may be ending (SIGTERM, the Job's
 		// deadline); the export still gets its chance.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
-		xerr := exportTrail(ctx, cfg, local)
+		xerr := exportTrail(ctx, cfg, local, xst)
 		if cerr := local.Close(); cerr != nil {
 			return errors.Join(xerr, fmt.Errorf("closing gc's audit trail in %s: %w", cfg.StateDir, cerr))
 		}
@@ -254,13 +272,9 @@ func openGCAudit(ctx context.Context, cfg *policy.Config, tk *signing.TrustedKey
 // exportTrail signs l's head and exports its sealed segments to the
 // configured store (with the config's Object Lock retention, as the
 // daemon's are).
-func exportTrail(ctx context.Context, cfg *policy.Config, l *audit.Log) error {
+func exportTrail(ctx context.Context, cfg *policy.Config, l *audit.Log, st store.Store) error {
 	if _, err := l.SignHead(ctx); err != nil {
 		return fmt.Errorf("signing the head of gc's audit trail in %s: %w; its records are kept there and the next run exports them", cfg.StateDir, err)
-	}
-	st, err := storeconfig.Open(cfg.Store, slog.Default())
-	if err != nil {
-		return err
 	}
 	res, err := l.Export(ctx, st, audit.ExportOptions{})
 	if err != nil {
@@ -270,6 +284,46 @@ func exportTrail(ctx context.Context, cfg *policy.Config, l *audit.Log) error {
 		slog.Info("exported gc's audit segments", "count", len(res.Keys), "through", res.Through, "store", st.Describe())
 	}
 	return nil
+}
+
+// checkTrailName refuses, before anything is deleted, to export l as
+// cfg.Node when the store already holds a trail of that name that l did
+// not write: two trails exporting as one node would interleave two hash
+// chains under audit/<node>/, and `audit verify --from-store` would report
+// that node's own trail as broken. This happens when gc runs with a copy of
+// a node's config (node: node-a) on a machine without that node's daemon,
+// or after the CronJob's volume was lost. l wrote the store's trail if the
+// store's first record (seq 1) is l's first record.
+func checkTrailName(ctx context.Context, st store.Store, cfg *policy.Config, l *audit.Log) error {
+	prefix := audit.SegmentPrefix + cfg.Node + "/"
+	objs, _, err := st.List(ctx, prefix, "", 1)
+	if err != nil {
+		return fmt.Errorf("listing %s in %s (gc checks that no other trail exports as node %q): %w; nothing was deleted", prefix, st.Describe(), cfg.Node, err)
+	}
+	if len(objs) == 0 {
+		return nil
+	}
+	page, err := l.Query(ctx, audit.Filter{Limit: 1})
+	if err != nil {
+		return err
+	}
+	var first struct {
+		Record *audit.Record `json:"record"`
+	}
+	o, err := st.Open(ctx, objs[0].Key)
+	if err != nil {
+		return fmt.Errorf("reading %s in %s: %w; nothing was deleted", objs[0].Key, st.Describe(), err)
+	}
+	derr := json.NewDecoder(io.LimitReader(o, 1<<20)).Decode(&first)
+	o.Close()
+	if derr == nil && first.Record != nil && first.Record.Seq == 1 && len(page.Records) > 0 &&
+		page.Records[0].Seq == 1 && page.Records[0].Hash == first.Record.Hash {
+		return nil // the store's trail is this one
+	}
+	if derr == nil && first.Record != nil && first.Record.Seq != 1 {
+		return nil // the store's start is gone; Export's own checks decide
+	}
+	return fmt.Errorf("the store already holds an audit trail of node %q (%s) that gc's trail in %s did not write; gc exports its records under the config's node:, so give gc a node name of its own (as the CronJob's node: ckvault-gc), or run it where that node's daemon runs; nothing was deleted", cfg.Node, objs[0].Key, cfg.StateDir)
 }
 
 func printGC(w io.Writer, rep *gcReport) error {

@@ -197,3 +197,107 @@ retention:
 		}
 	}
 }
+
+// TestGCExportRetried: when the export at the end of a run fails, gc says
+// so (non-zero exit) after deleting, keeps the records in stateDir, and
+// the next run exports them: the first run's deletion reaches the store.
+func TestGCExportRetried(t *testing.T) {
+	f := newVaultFixture(t)
+	cfg, err := os.ReadFile(f.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.config, append(cfg, "retention: {global: {maxCount: 1}}\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	older := f.manifests[0]
+	if f.manifests[1].CheckpointedAt.Before(older.CheckpointedAt.Time) {
+		older = f.manifests[1]
+	}
+	// A file where the file store keeps the audit/ directory (under its
+	// data/): every segment Put fails, even for root, unlike a permission.
+	// Were the layout to change, the first gc would succeed and the test
+	// fail, not pass vacuously.
+	blocker := filepath.Join(f.dir, "store", "data", "audit")
+	if err := os.WriteFile(blocker, []byte("not a directory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = runCmd(t, "gc", "--config", f.config)
+	if err == nil || !strings.Contains(err.Error(), "not in the store yet") || !strings.Contains(err.Error(), "next run exports them") {
+		t.Fatalf("gc whose export fails: %v", err)
+	}
+	if _, err := f.st.Stat(context.Background(), older.Objects().Manifest); err == nil {
+		t.Fatal("the first run did not delete the older checkpoint")
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runCmd(t, "gc", "--config", f.config); err != nil {
+		t.Fatalf("second gc: %v", err)
+	}
+	out, _, err := runCmd(t, "audit", "query", "--config", f.config, "--from-store", "--action", gc.ActionDeleted, "--subject", older.Object, "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []audit.Record
+	if err := json.Unmarshal([]byte(out), &recs); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if len(recs) != 2 {
+		t.Errorf("the first run's deletion of %s in the store: %d records, want intent and outcome\n%s", older.Object, len(recs), out)
+	}
+	if _, _, err := runCmd(t, "audit", "verify", "--config", f.config, "--from-store"); err != nil {
+		t.Errorf("audit verify --from-store: %v", err)
+	}
+}
+
+// TestGCRefusesAnotherTrailsName: gc run with a node's config (node:
+// laptop) where the store already holds that node's exported trail would
+// interleave a second hash chain under audit/laptop/; it refuses before
+// deleting anything, and runs under a name of its own.
+func TestGCRefusesAnotherTrailsName(t *testing.T) {
+	f := newVaultFixture(t)
+	ctx := context.Background()
+	other, err := audit.Open(filepath.Join(t.TempDir(), "state", audit.FileName), audit.Options{Node: "laptop", Signer: f.keys.Signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Append(ctx, audit.Record{Actor: "daemon", Action: "uploaded", Subject: "x", Outcome: audit.OK}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.SignHead(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := other.Export(ctx, f.st, audit.ExportOptions{}); err != nil || len(res.Keys) != 1 {
+		t.Fatalf("exporting the node's own trail: %v %v", res, err)
+	}
+	other.Close()
+
+	cfg, err := os.ReadFile(f.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = append(cfg, "retention: {global: {maxCount: 1}}\n"...)
+	if err := os.WriteFile(f.config, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = runCmd(t, "gc", "--config", f.config)
+	if err == nil || !strings.Contains(err.Error(), `audit trail of node "laptop"`) || !strings.Contains(err.Error(), "nothing was deleted") {
+		t.Fatalf("gc under another trail's name: %v", err)
+	}
+	for _, m := range f.manifests {
+		if _, err := f.st.Stat(ctx, m.Objects().Manifest); err != nil {
+			t.Fatalf("gc refused yet deleted %s: %v", m.Object, err)
+		}
+	}
+	renamed := strings.Replace(string(cfg), "node: laptop\n", "node: laptop-gc\n", 1)
+	if err := os.WriteFile(f.config, []byte(renamed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runCmd(t, "gc", "--config", f.config); err != nil {
+		t.Fatalf("gc under a name of its own: %v", err)
+	}
+	if _, _, err := runCmd(t, "audit", "verify", "--config", f.config, "--from-store"); err != nil {
+		t.Errorf("audit verify --from-store: %v", err)
+	}
+}

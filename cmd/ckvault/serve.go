@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 
@@ -57,24 +58,7 @@ query/verify with --server https://HOST:PORT.`,
 			if cfg.Serve == nil {
 				return fmt.Errorf("config %s has no serve: section; deploy/ckvault.example.yaml documents it", configPath)
 			}
-			tk, err := trustedKeys(cfg)
-			if err != nil {
-				return fmt.Errorf("%v: the service verifies every manifest it indexes against these keys", err)
-			}
-			st, err := storeconfig.Open(cfg.Store, slog.Default())
-			if err != nil {
-				return err
-			}
-			signer, err := loadSigner(ctx, cfg)
-			if err != nil {
-				return fmt.Errorf("%w (it signs the service's audit heads)", err)
-			}
-			ret, off, err := serveRetention(cfg, tk)
-			if err != nil {
-				return err
-			}
-			srv, err := service.Start(ctx, cfg, service.Setup{Store: st, Trusted: tk, Signer: signer, RebuildIndex: rebuild,
-				Retention: ret, RetentionOff: off})
+			srv, err := startService(ctx, cfg, rebuild, slog.Default())
 			if err != nil {
 				return err
 			}
@@ -85,6 +69,35 @@ query/verify with --server https://HOST:PORT.`,
 	cmd.Flags().StringVar(&configPath, "config", defaultConfigPath, "configuration file with a serve: section")
 	cmd.Flags().BoolVar(&rebuild, "rebuild-index", false, "rebuild the index from the store at start")
 	return cmd
+}
+
+// startService starts the vault service cfg describes: the store, the
+// trusted keys its index verifies manifests with, the key that signs its
+// trail's heads, and retention where it holds the retention role's
+// credentials.
+func startService(ctx context.Context, cfg *policy.Config, rebuild bool, log *slog.Logger) (*service.Server, error) {
+	tk, err := trustedKeys(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%v: the service verifies every manifest it indexes against these keys", err)
+	}
+	st, err := storeconfig.Open(cfg.Store, log)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := loadSigner(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w (it signs the service's audit heads)", err)
+	}
+	atk, err := auditTrustedKeys(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ret, off, err := serveRetention(cfg, tk)
+	if err != nil {
+		return nil, err
+	}
+	return service.Start(ctx, cfg, service.Setup{Store: st, Trusted: tk, AuditTrusted: atk, Signer: signer, RebuildIndex: rebuild,
+		Retention: ret, RetentionOff: off, Logger: log})
 }
 
 // serveRetention is what the service may do about retention: a runner

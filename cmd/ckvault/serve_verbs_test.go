@@ -14,6 +14,7 @@ import (
 	"github.com/checkpoint-vault/ckvault/internal/testregistry"
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 	"github.com/checkpoint-vault/ckvault/internal/testtools"
+	"github.com/checkpoint-vault/ckvault/internal/testvault"
 	"github.com/checkpoint-vault/ckvault/policy"
 	"github.com/checkpoint-vault/ckvault/vault/gc"
 	"github.com/checkpoint-vault/ckvault/vault/remote"
@@ -179,6 +180,23 @@ func TestRestoreThroughService(t *testing.T) {
 		t.Error("rita's refused fetch wrote its output")
 	}
 
+	// A tampered ciphertext: refused by the client (exit 3) before
+	// anything is pushed, and the refusal reported to the service.
+	ck := f.manifests[1].Objects().Ciphertext
+	ct, _ := testvault.GetBytes(context.Background(), f.st, ck)
+	ct[len(ct)/2] ^= 1
+	testvault.PutBytes(context.Background(), f.st, ck, ct)
+	ref3 := reg.Host + "/forensics/web:tampered"
+	_, _, err = s.as(t, "rita", "restore", f.id(1), "-i", f.identity, "--image", ref3, "--registry-ca", reg.CAFile, "--tmp-dir", tmp)
+	if exitCode(err) != exitVerifyFail {
+		t.Errorf("restore --server of a tampered checkpoint: %v (exit %d), want exit %d", err, exitCode(err), exitVerifyFail)
+	}
+	crane = exec.Command(testtools.Path(t, "crane"), "digest", ref3)
+	crane.Env = append(os.Environ(), "SSL_CERT_FILE="+reg.CAFile, "DOCKER_CONFIG="+reg.DockerConfig)
+	if b, err := crane.CombinedOutput(); err == nil {
+		t.Errorf("a tampered checkpoint was pushed: %s", b)
+	}
+
 	// The auditor sees the restore in the store's trail: the read for it,
 	// and the push (digest, registry, repository) under rita's name.
 	s.srv.Export(context.Background())
@@ -203,6 +221,16 @@ func TestRestoreThroughService(t *testing.T) {
 		if r["action"] == "denied" && r["actor"] == "cert:alice" && det["request"] == "restore" {
 			denied++
 		}
+	}
+	var refused int
+	for _, r := range storeAudit(t, f, "--subject", f.manifests[1].Object, "--action", service.ActionRestored) {
+		det, _ := r["detail"].(map[string]any)
+		if r["outcome"] == "denied" && det["phase"] == "done" && det["reported"] == "denied" && det["check"] != "" {
+			refused++
+		}
+	}
+	if refused != 1 {
+		t.Errorf("store trail: %d reports of the refused restore, want 1", refused)
 	}
 	// alice is denied twice: the read, and the report of its failure.
 	if pushed != 1 || reads != 1 || denied != 2 {

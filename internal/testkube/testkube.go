@@ -19,6 +19,8 @@
 //		ns := c.Namespace(t)                       // a fresh namespace
 //		c.ServiceAccount(t, ns, "alice")
 //		tok := c.Token(t, ns, "alice", "vault", time.Hour)
+//		kub := c.Token(t, ns, "alice", testkube.APIAudience, time.Hour) // for the API server or a kubelet
+//		old := c.ExpiredToken(t, ns, "alice", testkube.APIAudience)     // expired a minute ago
 //		c.Grant(t, ns, "reader", []rbacv1.PolicyRule{...}, testkube.SA(ns, "alice"))
 //		cs := c.Client(t)                          // admin kubernetes.Interface
 //		cfg := c.RestConfig()                      // admin *rest.Config

@@ -301,7 +301,10 @@ func (s *Store) List(ctx context.Context, prefix, startAfter string, limit int) 
 	if limit <= 0 || limit > 1000 {
 		limit = 1000
 	}
-	if strings.HasPrefix(prefix, audit.SegmentPrefix) {
+	// Segments are listed as audit/ or audit/<node>/. A deeper prefix is
+	// a container's directory (or below) of a Kubernetes namespace named
+	// "audit", whose checkpoints share the prefix: they are in the index.
+	if strings.HasPrefix(prefix, audit.SegmentPrefix) && strings.Count(prefix, "/") <= 2 {
 		return s.listSegments(ctx, prefix, startAfter, limit)
 	}
 	q := url.Values{"limit": {strconv.Itoa(limit)}}

@@ -248,3 +248,33 @@ func TestScheduledRetention(t *testing.T) {
 		t.Errorf("scheduled deletion records: %+v", recs)
 	}
 }
+
+// TestVerbsFailClosed: when the trail refuses the intent record, a restore
+// report, a plan and a run are answered 503 and nothing is deleted.
+func TestVerbsFailClosed(t *testing.T) {
+	e := newVerbEnv(t, "file", "")
+	pol := &policy.RetentionConfig{Namespaces: map[string]policy.RetentionLimits{"other": {MaxCount: 1}}}
+	e.cfg.Retention = pol
+	e.restartWith(t, e.st, &Retention{Store: e.st.(gc.Store), Options: gc.Options{Policy: pol, Trusted: e.keys.Trusted}}, "")
+	if err := e.srv.Trail.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []struct {
+		who, method, path string
+		body              []byte
+	}{
+		{"rita", "POST", "/v1/restores/" + e.vaulted["payments"][0].Object, mustJSON(okReport())},
+		{"gary", "GET", "/v1/gc/plan", nil},
+		{"gary", "POST", "/v1/gc/runs", nil},
+	} {
+		a := e.send(e.client(r.who), r.method, r.path, r.body)
+		if a.code != http.StatusServiceUnavailable || a.hdr.Get("Retry-After") == "" || strings.Contains(string(a.body), `"plan"`) {
+			t.Errorf("%s %s with a closed trail: %d %s, want 503 and nothing else", r.method, r.path, a.code, a.body)
+		}
+	}
+	for _, m := range e.vaulted["other"] {
+		if !exists(t, e.st, m.Objects().Manifest) {
+			t.Errorf("%s was deleted while the trail was closed", m.Object)
+		}
+	}
+}

@@ -573,7 +573,7 @@ func (s *Service) handleRefresh(q *request) error {
 	}
 	var failure error
 	defer func() { q.finish(failure) }()
-	res, err := s.index.Refresh(q.r.Context())
+	res, err := s.index.RefreshShared(q.r.Context())
 	if err != nil {
 		failure = err
 		return q.fail(err)

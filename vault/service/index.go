@@ -40,6 +40,17 @@ type Index struct {
 	log     *slog.Logger
 
 	refreshMu sync.Mutex // one refresh at a time
+
+	// next is the refresh that starts once the running one ends, shared
+	// by every RefreshShared caller that arrives meanwhile.
+	nextMu sync.Mutex
+	next   *refreshCall
+}
+
+type refreshCall struct {
+	done chan struct{}
+	res  RefreshResult
+	err  error
 }
 
 var bucketEntries = []byte("checkpoints")
@@ -87,6 +98,42 @@ type RefreshResult struct {
 func (x *Index) Refresh(ctx context.Context) (RefreshResult, error) {
 	x.refreshMu.Lock()
 	defer x.refreshMu.Unlock()
+	return x.refresh(ctx)
+}
+
+// RefreshShared is Refresh for requests (POST /v1/index/refresh): every
+// caller that arrives while a refresh runs shares the one that starts when
+// it ends — which lists the store after they asked, so it sees what they
+// want seen. A burst of requests then costs at most two listings of the
+// whole store instead of one each, queued behind the lock. The shared
+// refresh runs to its end even if the caller that started it goes away.
+func (x *Index) RefreshShared(ctx context.Context) (RefreshResult, error) {
+	x.nextMu.Lock()
+	c := x.next
+	if c == nil {
+		c = &refreshCall{done: make(chan struct{})}
+		x.next = c
+		go func() {
+			x.refreshMu.Lock()
+			defer x.refreshMu.Unlock()
+			x.nextMu.Lock()
+			x.next = nil // later callers wait for the refresh after this one
+			x.nextMu.Unlock()
+			c.res, c.err = x.refresh(context.WithoutCancel(ctx))
+			close(c.done)
+		}()
+	}
+	x.nextMu.Unlock()
+	select {
+	case <-c.done:
+		return c.res, c.err
+	case <-ctx.Done():
+		return RefreshResult{}, ctx.Err()
+	}
+}
+
+// refresh is Refresh with refreshMu held.
+func (x *Index) refresh(ctx context.Context) (RefreshResult, error) {
 	start := time.Now()
 	var res RefreshResult
 	current := map[string]map[string]store.ObjectInfo{} // base -> suffix -> info

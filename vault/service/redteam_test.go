@@ -7,12 +7,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/internal/samplearchive"
 	"github.com/checkpoint-vault/ckvault/internal/testvault"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
+	"github.com/checkpoint-vault/ckvault/vault/responder"
+	"github.com/checkpoint-vault/ckvault/vault/store"
 )
 
 // Red-team tests of the vault service: attacks by an outsider, by an
@@ -92,9 +97,21 @@ func TestRedteamNamespaceNamedAudit(t *testing.T) {
 	if a := e.get(e.client("dave"), "/v1/checkpoints/"+m.Object); a.code != http.StatusOK {
 		t.Errorf("dave gets the entry of %s: %d %.200s", m.Object, a.code, a.body)
 	}
-	// The audit records of dave's fetch name namespace audit.
+	// Through the service client, by base key (the listing of its
+	// container's directory), as from the store.
+	log, err := audit.Open(laptopTrail(t), audit.Options{Node: "laptop"})
+	must(t, err)
+	defer log.Close()
+	r := &responder.Responder{Store: e.remote("dave"), Trusted: e.keys.Trusted, Audit: log, Actor: "dave"}
+	if rep, err := r.Verify(context.Background(), m.Object); err != nil || rep.Object != m.Object {
+		t.Errorf("dave verifies %s through the service client: %v", m.Object, err)
+	}
+	if ents, err := r.List(context.Background(), responder.ListOptions{Namespace: "audit", Pod: "web-0", Container: "app"}); err != nil || len(ents) != 1 || ents[0].Problem != nil {
+		t.Errorf("dave lists audit/web-0/app through the service client: %v, %d entries", err, len(ents))
+	}
+	// The audit records of dave's fetches name namespace audit.
 	recs := e.records(audit.Filter{Actor: "cert:dave", Action: "fetched"})
-	if len(recs) != 2 || recs[0].Namespace != "audit" {
+	if len(recs) < 2 || recs[0].Namespace != "audit" {
 		t.Errorf("dave's fetch: %d records (%+v), want intent and outcome in namespace audit", len(recs), recs)
 	}
 	// Real audit segments stay behind the audit verb.
@@ -310,5 +327,73 @@ func TestRedteamJunkKeyHidesNoNamespace(t *testing.T) {
 	l, a := e.list(e.client("dave"), "")
 	if a.code != 200 || len(l.Items) != 1 || l.Items[0].Base != m.Object {
 		t.Errorf("dave lists what he may: %d %d entries (%s), want %s", a.code, len(l.Items), namespaces(l), m.Object)
+	}
+}
+
+// listCounter is the real store, counting full listings (List from the
+// first key with no prefix: what an index refresh starts with), each made
+// to take as long as listing a large vault does.
+type listCounter struct {
+	store.Store
+	n     atomic.Int32
+	delay time.Duration
+}
+
+func (c *listCounter) List(ctx context.Context, prefix, startAfter string, limit int) ([]store.ObjectInfo, string, error) {
+	if prefix == "" && startAfter == "" {
+		c.n.Add(1)
+		time.Sleep(c.delay)
+	}
+	return c.Store.List(ctx, prefix, startAfter, limit)
+}
+
+// TestRedteamRefreshBurstListsTheStoreOnce: POST /v1/index/refresh lists
+// the whole store. A burst of them (one caller within its rate limit, or
+// many callers) must not queue one full listing each behind the index's
+// lock: requests that arrive while a refresh runs share the next one.
+func TestRedteamRefreshBurstListsTheStoreOnce(t *testing.T) {
+	roles := `
+  roles:
+    - name: vault-listers
+      verbs: [list]
+      namespaces: ["*"]
+      subjects: [{user: alice}]
+`
+	e := newEnv(t, envOptions{backend: "file", noRoles: true, serveExtra: roles, noStart: true})
+	lc := &listCounter{Store: e.st}
+	su := Setup{Store: lc, Trusted: e.keys.Trusted, Signer: e.keys.Signer}
+	srv, err := Start(context.Background(), e.cfg, su)
+	must(t, err)
+	t.Cleanup(func() { srv.Shutdown() })
+	e.srv = srv
+	lc.n.Store(0)
+	lc.delay = 500 * time.Millisecond
+	alice := e.client("alice")
+	const burst = 30
+	var wg sync.WaitGroup
+	codes := make(chan int, burst)
+	for range burst {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodPost, e.url()+"/v1/index/refresh", nil)
+			resp, err := alice.Do(req)
+			if err != nil {
+				codes <- -1
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if c != http.StatusOK {
+			t.Errorf("refresh: %d", c)
+		}
+	}
+	if n := lc.n.Load(); n > 3 {
+		t.Errorf("%d concurrent refresh requests listed the whole store %d times, want at most 3", burst, n)
 	}
 }

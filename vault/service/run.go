@@ -46,8 +46,12 @@ type Server struct {
 
 // Setup is what Start needs besides the configuration.
 type Setup struct {
-	Store   store.Store
-	Trusted *signing.TrustedKeys
+	Store store.Store
+	// Trusted verify manifests (the nodes' keys). AuditTrusted verify
+	// audit heads, the service's own included: Trusted plus the keys that
+	// sign audit heads only (signing.auditKeys: the service's, the
+	// retention job's); nil means Trusted.
+	Trusted, AuditTrusted *signing.TrustedKeys
 	// Signer signs the trail's heads (the service's signing.key).
 	Signer audit.HeadSigner
 	// Tokens and Authz override what serve.kubernetes would build (tests
@@ -136,8 +140,12 @@ func Start(ctx context.Context, cfg *policy.Config, su Setup) (*Server, error) {
 		authz = newCachingAuthorizer(authz, 5*time.Minute, 30*time.Second)
 	}
 
+	auditTrusted := su.AuditTrusted
+	if auditTrusted == nil {
+		auditTrusted = su.Trusted
+	}
 	trail, err := audit.Open(audit.Path(dir), audit.Options{
-		Node: cfg.Node, Signer: su.Signer, Verifier: su.Trusted.DER(),
+		Node: cfg.Node, Signer: su.Signer, Verifier: auditTrusted.DER(),
 		SignEvery: cfg.Audit.SignEvery, SignInterval: cfg.Audit.SignEveryInterval(), Logger: log,
 	})
 	if err != nil {
@@ -163,7 +171,7 @@ func Start(ctx context.Context, cfg *policy.Config, su Setup) (*Server, error) {
 		audience = sc.Kubernetes.Audience
 	}
 	svc, err := New(Options{
-		Store: su.Store, Index: idx, Audit: trail, Trail: trail, HeadVerifier: su.Trusted.DER(),
+		Store: su.Store, Index: idx, Audit: trail, Trail: trail, HeadVerifier: auditTrusted.DER(),
 		Tokens: tokens, Audience: audience, Authz: authz, Holds: su.Store,
 		Retention: su.Retention, RetentionOff: su.RetentionOff,
 		MaxStreams: sc.MaxStreams, RateLimit: sc.RateLimit, RateBurst: sc.RateBurst,
@@ -215,12 +223,17 @@ func (s *Server) Run(ctx context.Context) error {
 		defer t.Stop()
 		gcTick = t.C
 	}
+	// A retention run can be long: it runs beside the index refresh and
+	// the export (Retention allows one run at a time), and is waited for,
+	// cancelled, before the trail closes.
+	var gcRuns sync.WaitGroup
 	for {
 		select {
 		case <-ctx.Done():
+			gcRuns.Wait()
 			return s.Shutdown()
 		case <-gcTick:
-			s.RunRetention(ctx)
+			gcRuns.Go(func() { s.RunRetention(ctx) })
 		case <-refresh.C:
 			res, err := s.Index.Refresh(ctx)
 			if err != nil {
