@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/checkpoint-vault/ckvault/audit"
 	"github.com/checkpoint-vault/ckvault/internal/testregistry"
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 	"github.com/checkpoint-vault/ckvault/internal/testtools"
@@ -160,6 +161,16 @@ func TestRestoreThroughService(t *testing.T) {
 		t.Errorf("--tmp-dir holds %d entries after restore", len(ents))
 	}
 
+	// An OCI layout instead of a push: reported with where it was written.
+	layout := filepath.Join(t.TempDir(), "layout")
+	if _, stderr, err := s.as(t, "rita", "restore", f.id(0), "-i", f.identity, "--oci-layout", layout, "--tmp-dir", tmp); err != nil {
+		t.Fatalf("restore --server --oci-layout: %v\n%s", err, stderr)
+	}
+	p, err := s.srv.Trail.Query(context.Background(), audit.Filter{Action: service.ActionRestored, Subject: f.manifests[0].Object, Limit: 100})
+	if err != nil || len(p.Records) != 4 || p.Records[3].Detail["ociLayout"] != layout || p.Records[3].Detail["imageDigest"] == "" {
+		t.Errorf("the layout restore's report (intent and outcome after the push's): %v %+v", err, p.Records)
+	}
+
 	// alice may fetch but not restore: refused before anything is pushed.
 	ref2 := reg.Host + "/forensics/api:alice"
 	_, _, err = s.as(t, "alice", "restore", f.id(0), "-i", f.identity, "--image", ref2, "--registry-ca", reg.CAFile, "--tmp-dir", tmp)
@@ -204,7 +215,7 @@ func TestRestoreThroughService(t *testing.T) {
 	for _, r := range storeAudit(t, f, "--subject", f.manifests[0].Object) {
 		det, _ := r["detail"].(map[string]any)
 		switch {
-		case r["action"] == service.ActionRestored && r["actor"] == "cert:rita" && det["phase"] == "done":
+		case r["action"] == service.ActionRestored && r["actor"] == "cert:rita" && det["phase"] == "done" && det["registry"] != nil:
 			pushed++
 			if det["imageDigest"] != out.Digest || det["registry"] != reg.Host || det["repository"] != "forensics/api" || det["image"] != out.Image {
 				t.Errorf("restored record: %v", r)
@@ -232,9 +243,10 @@ func TestRestoreThroughService(t *testing.T) {
 	if refused != 1 {
 		t.Errorf("store trail: %d reports of the refused restore, want 1", refused)
 	}
-	// alice is denied twice: the read, and the report of its failure.
-	if pushed != 1 || reads != 1 || denied != 2 {
-		t.Errorf("store trail: %d restored, %d restore-fetched, %d denied records; want 1, 1, 2", pushed, reads, denied)
+	// Two restores of checkpoint 0 (push, layout); alice is denied twice:
+	// the read, and the report of its failure.
+	if pushed != 1 || reads != 2 || denied != 2 {
+		t.Errorf("store trail: %d pushes, %d restore-fetched, %d denied records; want 1, 2, 2", pushed, reads, denied)
 	}
 }
 
