@@ -22,7 +22,12 @@ import (
 const (
 	DefaultPageSize = 500
 	MaxPageSize     = 1000
-	maxQueryValue   = 1024
+	// MaxPageBytes bounds the stored bytes of one page of
+	// GET /v1/checkpoints (a page ends early, with a cursor, when the
+	// next entry would pass it). Real entries are a few KiB; whoever
+	// writes to the store can make each one over a MiB.
+	MaxPageBytes  = 32 << 20
+	maxQueryValue = 1024
 )
 
 // errBadRequest marks a malformed request (400).

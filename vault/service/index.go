@@ -428,7 +428,7 @@ var errStop = errors.New("stop")
 // only.
 func (x *Index) List(q Query, visible func(namespace string) (bool, error)) ([]json.RawMessage, string, error) {
 	var out []json.RawMessage
-	next, last := "", ""
+	next, last, size := "", "", 0
 	prefix := []byte(q.keyPrefix())
 	err := x.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketEntries).Cursor()
@@ -471,11 +471,16 @@ func (x *Index) List(q Query, visible func(namespace string) (bool, error)) ([]j
 			if !q.match(&remote.Checkpoint{Namespace: e.Namespace, Pod: e.Pod, Container: e.Container, Node: e.Node, Checkpointed: e.Checkpointed}) {
 				continue
 			}
-			if len(out) == q.Limit {
+			// A page ends at q.Limit entries, or before the entry that
+			// would take it past MaxPageBytes: the page is held in
+			// memory here and read whole by the client, and whoever
+			// writes to the store can make entries large.
+			if len(out) == q.Limit || len(out) > 0 && size+len(v) > MaxPageBytes {
 				next = last
 				return errStop
 			}
 			out = append(out, bytes.Clone(v))
+			size += len(v)
 			last = string(k)
 		}
 		return nil

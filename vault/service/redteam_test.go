@@ -397,3 +397,51 @@ func TestRedteamRefreshBurstListsTheStoreOnce(t *testing.T) {
 		t.Errorf("%d concurrent refresh requests listed the whole store %d times, want at most 3", burst, n)
 	}
 }
+
+// TestRedteamBloatedEntriesDoNotBloatAPage: whoever can write objects under
+// a checkpoint key (a node's store credentials suffice for its own keys)
+// can make every entry as large as the index allows — a 1 MiB manifest and
+// 64 KiB signatures, unverified but listed with their bytes. A page of
+// the listing, built in the service's memory and read whole by the client,
+// must stay bounded in bytes, not only in entries: the rest comes with the
+// cursor.
+func TestRedteamBloatedEntriesDoNotBloatAPage(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file"})
+	ctx := context.Background()
+	junk := func(n int) []byte { return []byte(strings.Repeat("x", n)) }
+	const entries = 30
+	for i := range entries {
+		base := fmt.Sprintf("payments/bloat/app/20260313T214306Z-node-a-%016x", i)
+		must(t, testvault.PutBytes(ctx, e.st, base+manifest.SuffixManifest, junk(manifest.MaxSize)))
+		for _, sfx := range []string{manifest.SuffixManifestSig, manifest.SuffixManifestBundle, manifest.SuffixCiphertextSig, manifest.SuffixCiphertextBundle} {
+			must(t, testvault.PutBytes(ctx, e.st, base+sfx, junk(64<<10)))
+		}
+	}
+	if _, err := e.srv.Index.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	alice := e.client("alice")
+	seen, pages, cursor := 0, 0, ""
+	for {
+		q := "?namespace=payments&limit=1000"
+		if cursor != "" {
+			q += "&cursor=" + cursor
+		}
+		l, a := e.list(alice, q)
+		if a.code != 200 {
+			t.Fatalf("list: %d %.200s", a.code, a.body)
+		}
+		if len(a.body) > MaxPageBytes+4<<20 {
+			t.Errorf("one page is %d MiB (%d entries), more than the %d MiB bound and one entry", len(a.body)>>20, len(l.Items), MaxPageBytes>>20)
+		}
+		seen += len(l.Items)
+		pages++
+		if l.Next == "" {
+			break
+		}
+		cursor = l.Next
+	}
+	if want := entries + len(e.vaulted["payments"]); seen != want {
+		t.Errorf("%d entries over %d pages, want all %d", seen, pages, want)
+	}
+}
