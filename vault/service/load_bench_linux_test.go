@@ -54,13 +54,15 @@ const (
 // entries), get (one checkpoint's manifest and signatures) and fetch (a
 // whole ~4 MiB ciphertext). Run with -benchtime=1x.
 //
-// The store holds 10,000 real checkpoints: loadFetchSet vaulted the way
-// the daemon does (testvault.Put: sealed archive, ciphertext, every
-// signature, manifest), and the rest as signed manifests with their
-// manifest signature only (a valid manifest of a 4 MiB archive whose
-// ciphertext was never uploaded: 2 objects instead of 6, so seeding takes
-// minutes, not an hour, on the shared machine). The service indexes all of
-// them itself at start, reading and verifying every manifest.
+// The store holds 10,000 checkpoints, each with a real signed manifest:
+// loadFetchSet vaulted the way the daemon does (testvault.Put: sealed
+// archive, ciphertext, every signature, manifest), and the rest as a
+// manifest and its signature only (a valid manifest of a 4 MiB archive
+// whose ciphertext was never uploaded: 2 objects instead of 6, so seeding
+// takes minutes, not an hour, on the shared machine; their index entries
+// are smaller than real ones by the three signature objects they lack).
+// The service indexes all of them itself at start, reading and verifying
+// every manifest.
 //
 // Reported: errors (must be 0); audit records in the service's trail
 // against requests made (intent and outcome for each, counted after the
@@ -68,8 +70,8 @@ const (
 // fetch throughput under load; then, without other load, fetch throughput
 // through the service (the real client, vault/remote) against straight
 // from MinIO (the store client the service itself uses), the same objects
-// with the same concurrency, alternating direct, service, direct, service;
-// and the service's peak RSS (VmHWM).
+// with the same concurrency, alternating direct and service loadRounds
+// times; the service's CPU per byte served; and its peak RSS (VmHWM).
 func BenchmarkServiceLoad(b *testing.B) {
 	srv := testservers.Shared(b, testservers.MinIO)
 	bin := buildCkvault(b)
