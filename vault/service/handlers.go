@@ -238,7 +238,19 @@ func (s *Service) resolveShortID(q *request, prefix, verbName string) (string, e
 	case 0:
 		writeError(q.w, http.StatusNotFound, remote.Error{Error: fmt.Sprintf("no checkpoint you may use with verb %s has an id starting with %q; run `ckvault list`, or give the full key to see which grant you lack", verbName, prefix)})
 	default:
+		// The answer names checkpoints (to a caller that may hold get
+		// without list): it is recorded like a listing, intent first.
+		ns, _, _ := strings.Cut(mine[0], "/")
+		for _, b := range mine[1:] {
+			if n, _, _ := strings.Cut(b, "/"); n != ns {
+				ns = ""
+			}
+		}
+		if !q.begin("resolved", clip(fmt.Sprintf("id:%q", prefix)), ns, map[string]string{"matches": strings.Join(mine, " ")}) {
+			return "", nil
+		}
 		writeError(q.w, http.StatusConflict, remote.Error{Error: fmt.Sprintf("id %q is ambiguous: it matches %s; give more digits", prefix, strings.Join(mine, ", "))})
+		q.finish(nil)
 	}
 	return "", nil
 }

@@ -445,3 +445,45 @@ func TestRedteamBloatedEntriesDoNotBloatAPage(t *testing.T) {
 		t.Errorf("%d entries over %d pages, want all %d", seen, pages, want)
 	}
 }
+
+// TestRedteamAmbiguousIDIsAudited: an ambiguous short id is answered 409
+// with the base keys it matches among the caller's checkpoints — names of
+// checkpoints, which a caller holding get but not list learns this way.
+// That answer is recorded like a listing, with the keys it named.
+func TestRedteamAmbiguousIDIsAudited(t *testing.T) {
+	roles := `
+  roles:
+    - name: payments-getters
+      verbs: [get]
+      namespaces: [payments]
+      subjects: [{user: dave}]
+`
+	e := newEnv(t, envOptions{backend: "file", noRoles: true, serveExtra: roles})
+	e.issue(t, "dave", "dave")
+	ctx := context.Background()
+	var bases []string
+	for i := 1; i <= 2; i++ {
+		b := fmt.Sprintf("payments/api-0/app/20260313T214306Z-node-a-abcd00000000000%d", i)
+		must(t, testvault.PutBytes(ctx, e.st, b+manifest.SuffixManifest, []byte("{}")))
+		bases = append(bases, b)
+	}
+	if _, err := e.srv.Index.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a := e.get(e.client("dave"), "/v1/checkpoints/abcd")
+	if a.code != http.StatusConflict || !strings.Contains(string(a.body), bases[0]) {
+		t.Fatalf("ambiguous id: %d %s, want 409 naming the candidates", a.code, a.body)
+	}
+	recs := e.records(audit.Filter{Actor: "cert:dave"})
+	named := false
+	for _, r := range recs {
+		for _, v := range r.Detail {
+			if strings.Contains(v, bases[0]) && strings.Contains(v, bases[1]) {
+				named = true
+			}
+		}
+	}
+	if !named {
+		t.Errorf("the 409 naming %v left no record naming them: %+v", bases, recs)
+	}
+}
