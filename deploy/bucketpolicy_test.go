@@ -166,6 +166,16 @@ func TestBucketPolicies(t *testing.T) {
 	// gc exports its own trail (node: ckvault-gc), and can delete none of it.
 	ownSeg := "audit/ckvault-gc/00000000000000000001-00000000000000000002.jsonl"
 	allowed("gc exports its audit segment under retention", put(gcUser, ownSeg, store.Retention{Mode: "governance", Until: until}))
+	// ...and reads its trail back (the name check before a run, and
+	// Export's byte comparison after an interrupted one).
+	if objs, _, err := gcUser.List(ctx, "audit/ckvault-gc/", "", 1); err != nil || len(objs) != 1 {
+		t.Errorf("gc lists its audit segments: %v %v", objs, err)
+	}
+	if o, err := gcUser.Open(ctx, ownSeg); err != nil {
+		t.Errorf("gc reads its audit segment: %v", err)
+	} else {
+		o.Close()
+	}
 	denied("gc puts a node's audit segment", put(gcUser, "audit/node-a/00000000000000000003-00000000000000000004.jsonl", store.Retention{}))
 	denied("gc deletes its own audit segment", gcUser.DeleteVersion(ctx, ownSeg, latestVersion(t, gcUser, ownSeg), store.DeleteOptions{}))
 	denied("gc bypasses governance on its own audit segment", gcBypass.DeleteVersion(ctx, ownSeg, latestVersion(t, gcUser, ownSeg), store.DeleteOptions{BypassGovernance: true}))

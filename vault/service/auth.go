@@ -57,7 +57,18 @@ func (s *Service) authenticate(r *http.Request) (Identity, error) {
 	if s.tokens == nil {
 		return Identity{}, fmt.Errorf("%w: this service accepts no bearer tokens (serve.kubernetes is not configured); use a client certificate", errUnauthenticated)
 	}
-	id, ok, reason, err := s.tokens.Review(r.Context(), strings.TrimSpace(tok))
+	tok = strings.TrimSpace(tok)
+	if c, cached := s.tokens.(*tokenCache); !cached || !c.seen(tok) {
+		// A token not seen lately costs a TokenReview at the API server.
+		// Whoever sends it is not authenticated yet, so it is rate
+		// limited per source address, as every unauthenticated request
+		// is: made-up tokens cannot turn into a flood of reviews (and
+		// get the service's own reviews throttled there).
+		if wait, ok := s.allow(Identity{Kind: "unauthenticated", User: remoteHost(r)}); !ok {
+			return Identity{}, &reviewLimitedError{wait}
+		}
+	}
+	id, ok, reason, err := s.tokens.Review(r.Context(), tok)
 	if err != nil {
 		return Identity{}, err
 	}
@@ -65,6 +76,14 @@ func (s *Service) authenticate(r *http.Request) (Identity, error) {
 		return Identity{}, fmt.Errorf("%w: the bearer token was rejected (%s); get a token for the service's audience (kubectl create token SA --audience %s)", errUnauthenticated, reason, s.audience)
 	}
 	return id, nil
+}
+
+// reviewLimitedError: a bearer token would need a TokenReview, and its
+// source address has sent too many unauthenticated requests (429).
+type reviewLimitedError struct{ wait time.Duration }
+
+func (e *reviewLimitedError) Error() string {
+	return fmt.Sprintf("too many unauthenticated requests from this address; retry after %s", e.wait.Round(time.Second))
 }
 
 // certIdentity: the SPIFFE URI SAN when there is one, else the subject CN.
@@ -105,6 +124,16 @@ const maxCacheEntries = 100_000
 
 func newTokenCache(next TokenReviewer, allowTTL, denyTTL time.Duration) *tokenCache {
 	return &tokenCache{next: next, allowTTL: allowTTL, denyTTL: denyTTL, m: map[[32]byte]tokenAnswer{}}
+}
+
+// seen reports whether token has an answer in the cache that has not
+// expired: accepting or rejecting it costs no review.
+func (c *tokenCache) seen(token string) bool {
+	k := sha256.Sum256([]byte(token))
+	c.mu.Lock()
+	a, hit := c.m[k]
+	c.mu.Unlock()
+	return hit && time.Now().Before(a.expires)
 }
 
 func (c *tokenCache) Review(ctx context.Context, token string) (Identity, bool, string, error) {

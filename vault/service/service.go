@@ -266,6 +266,13 @@ func (s *Service) api(route string, h func(q *request) error) http.HandlerFunc {
 				s.refuseUnauthenticated(cw, r, route, start, err)
 				return
 			}
+			var rl *reviewLimitedError
+			if errors.As(err, &rl) {
+				// Not recorded, as any unauthenticated 429.
+				cw.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(rl.wait.Seconds()))))
+				writeError(cw, http.StatusTooManyRequests, remote.Error{Error: rl.Error()})
+				return
+			}
 			s.log.Error("authenticating a request", "err", err)
 			writeError(cw, http.StatusServiceUnavailable, remote.Error{Error: "authentication is unavailable: " + err.Error()})
 			return
