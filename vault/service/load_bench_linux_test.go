@@ -206,7 +206,13 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	// Phase 2: fetch throughput, service against direct, same objects.
 	rs, err := remote.New(remote.Config{Server: base, CAFile: f.ca.CertFile, CertFile: f.certs[0][0], KeyFile: f.certs[0][1]})
 	must(b, err)
-	var direct, served []float64
+	// The same through plain HTTP/1.1 (vault/remote negotiates HTTP/2):
+	// how much of the gap is the protocol.
+	kp, err := tls.LoadX509KeyPair(f.certs[1][0], f.certs[1][1])
+	must(b, err)
+	h1 := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: f.ca.Pool(), Certificates: []tls.Certificate{kp}},
+		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}}
+	var direct, served, served1 []float64
 	var serveCPU time.Duration
 	for round := range loadRounds {
 		direct = append(direct, f.throughput(b, f.st, fetchKeys))
@@ -216,10 +222,11 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 		cpu1, err := cpuTime(cmd.Process.Pid)
 		must(b, err)
 		serveCPU += cpu1 - cpu0
+		served1 = append(served1, f.throughputHTTP(b, h1, base, fetchKeys))
 		f.counts["fetched"].mu.Lock()
-		f.counts["fetched"].n += len(fetchKeys)
+		f.counts["fetched"].n += 2 * len(fetchKeys)
 		f.counts["fetched"].mu.Unlock()
-		b.Logf("throughput round %d: direct %.0f MiB/s, through the service %.0f MiB/s", round+1, direct[round], served[round])
+		b.Logf("throughput round %d: direct %.0f MiB/s, through the service %.0f MiB/s (HTTP/1.1: %.0f)", round+1, direct[round], served[round], served1[round])
 	}
 	peakHWM, err := vmHWM(cmd.Process.Pid)
 	must(b, err)
@@ -320,6 +327,7 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	b.ReportMetric(mean(direct), "direct-MiB/s")
 	b.ReportMetric(mean(served), "service-MiB/s")
 	b.ReportMetric(mean(served)/mean(direct), "service/direct")
+	b.ReportMetric(mean(served1), "service-http1-MiB/s")
 	b.ReportMetric((svcCPU1-svcCPU0).Seconds()/loadTime.Seconds(), "load-service-cores")
 	b.ReportMetric(ownCPU.Seconds()/loadTime.Seconds(), "load-clients-cores")
 	b.ReportMetric(float64(serveCPU.Nanoseconds())/float64(loadRounds*fetchSetBytes), "service-CPU-ns/B")
@@ -388,6 +396,26 @@ func (f *loadFixture) makeClients(b *testing.B) {
 			ForceAttemptHTTP2: true}
 		f.clients = append(f.clients, &http.Client{Transport: tr, Timeout: 5 * time.Minute})
 	}
+}
+
+// throughputHTTP is throughput with a plain HTTP client of the API.
+func (f *loadFixture) throughputHTTP(b *testing.B, c *http.Client, base string, keys []string) float64 {
+	var g errgroup.Group
+	g.SetLimit(loadStreams)
+	var total int64
+	var mu sync.Mutex
+	t0 := time.Now()
+	for _, k := range keys {
+		g.Go(func() error {
+			n, err := f.check(c, base, "fetched", "/v1/objects/"+k, k)
+			mu.Lock()
+			total += n
+			mu.Unlock()
+			return err
+		})
+	}
+	must(b, g.Wait())
+	return float64(total) / time.Since(t0).Seconds() / (1 << 20)
 }
 
 // throughput reads every key once, loadStreams at a time, and returns MiB/s.
