@@ -26,7 +26,11 @@ func (s *Service) handleHold(q *request) error {
 	if base == "" {
 		return err
 	}
-	if _, ok := parseKeyParts(base); !ok {
+	kp, ok := parseKeyParts(base)
+	if !ok || store.ValidKey(base) != nil || audit.CheckIdentity(kp[0], kp[1], kp[2]) != nil {
+		// No checkpoint has such a key: the caller's error, before the
+		// hold's audit record refuses the names (a 503, as if the
+		// trail were failing) or the store the key (a 502).
 		return q.fail(badRequest("%q is not a checkpoint's base key NAMESPACE/POD/CONTAINER/NAME", base))
 	}
 	ns, _, _ := strings.Cut(base, "/")

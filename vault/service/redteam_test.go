@@ -487,3 +487,28 @@ func TestRedteamAmbiguousIDIsAudited(t *testing.T) {
 		t.Errorf("the 409 naming %v left no record naming them: %+v", bases, recs)
 	}
 }
+
+// TestRedteamHoldOnNoCheckpointName: a hold request for a key no
+// checkpoint can have (an invalid pod name) is the caller's error (400),
+// not a 503 that reports the audit trail as failing.
+func TestRedteamHoldOnNoCheckpointName(t *testing.T) {
+	roles := `
+  roles:
+    - name: payments-pinners
+      verbs: [pin]
+      namespaces: [payments]
+      subjects: [{user: alice}]
+`
+	e := newEnv(t, envOptions{backend: "file", noRoles: true, serveExtra: roles})
+	for _, id := range []string{"payments/API_0/app/20260313T214306Z-node-a-0123456789abcdef", "payments/api-0/app/x%2F..%2Fy"} {
+		req, _ := http.NewRequest(http.MethodPut, e.url()+"/v1/holds/"+id, nil)
+		resp, err := e.client("alice").Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("PUT /v1/holds/%s: %d, want 400", id, resp.StatusCode)
+		}
+	}
+}
