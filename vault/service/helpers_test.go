@@ -32,6 +32,9 @@ import (
 func TestMain(m *testing.M) {
 	code := testservers.Main(m)
 	testkube.StopShared()
+	if builtBin != "" {
+		os.RemoveAll(filepath.Dir(builtBin))
+	}
 	os.Exit(code)
 }
 
