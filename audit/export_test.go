@@ -138,6 +138,12 @@ func TestForgedSegmentNeverShows(t *testing.T) {
 	}
 	export("node-a", key, "uploaded")
 	export("node-forged", forger, "deleted")
+	// A checkpoint of a Kubernetes namespace named "audit" shares the
+	// prefix; it is neither a segment nor a finding.
+	ck := "audit/api-0/server/20261130T120000Z-node-a-0123456789abcdef.tar.age"
+	if _, err := st.Put(ctx, ck, strings.NewReader("age"), 3, store.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
 
 	trail, err := ReadStore(ctx, st, key)
 	if err != nil {
@@ -157,6 +163,9 @@ func TestForgedSegmentNeverShows(t *testing.T) {
 	}
 	if len(p.Records) != 5 {
 		t.Fatalf("%d records, want node-a's 5", len(p.Records))
+	}
+	if len(trail.Report.Findings) != 1 {
+		t.Fatalf("findings %v, want exactly the forged segment's", trail.Report.Findings)
 	}
 	f, _ := trail.Report.FirstBad()
 	if f.Node != "node-forged" || !strings.Contains(f.Problem, "not shown") {
