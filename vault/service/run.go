@@ -90,6 +90,7 @@ func Start(ctx context.Context, cfg *policy.Config, su Setup) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	var clientCAs *x509.CertPool
 	tlsCfg := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: certs.get,
@@ -104,10 +105,14 @@ func Start(ctx context.Context, cfg *policy.Config, su Setup) (*Server, error) {
 		if !pool.AppendCertsFromPEM(pem) {
 			return nil, fmt.Errorf("serve.clientCA %s holds no PEM certificate", sc.ClientCA)
 		}
-		tlsCfg.ClientCAs = pool
-		// Optional at the TLS layer so token callers can connect; a
-		// certificate that is given must chain to the CA.
-		tlsCfg.ClientAuth = tls.VerifyClientCertIfGiven
+		tlsCfg.ClientCAs = pool // named in the request: clients offer a matching certificate
+		// Requested, not verified, at the TLS layer: token callers connect
+		// without one, and a certificate that does not chain to the CA is
+		// refused by authenticate as a recorded 401, not by a handshake
+		// failure no audit record sees. TLS still proves the client holds
+		// the certificate's key.
+		tlsCfg.ClientAuth = tls.RequestClientCert
+		clientCAs = pool
 	}
 
 	tokens, authz := su.Tokens, su.Authz
@@ -172,7 +177,7 @@ func Start(ctx context.Context, cfg *policy.Config, su Setup) (*Server, error) {
 	}
 	svc, err := New(Options{
 		Store: su.Store, Index: idx, Audit: trail, Trail: trail, HeadVerifier: auditTrusted.DER(),
-		Tokens: tokens, Audience: audience, Authz: authz, Holds: su.Store,
+		ClientCAs: clientCAs, Tokens: tokens, Audience: audience, Authz: authz, Holds: su.Store,
 		Retention: su.Retention, RetentionOff: su.RetentionOff,
 		MaxStreams: sc.MaxStreams, RateLimit: sc.RateLimit, RateBurst: sc.RateBurst,
 		Logger: log, Registry: prometheus.NewRegistry(),

@@ -11,6 +11,7 @@ package service
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -59,6 +60,9 @@ type Options struct {
 	// /v1/audit/verify; HeadVerifier verifies its heads.
 	Trail        TrailReader
 	HeadVerifier audit.HeadVerifier
+	// ClientCAs verifies client certificates the TLS layer requested
+	// without verifying them (nil: none are accepted).
+	ClientCAs *x509.CertPool
 	// Tokens reviews bearer tokens (nil: certificates only); Audience is
 	// named in error messages.
 	Tokens   TokenReviewer
@@ -85,15 +89,16 @@ type Options struct {
 
 // Service is the HTTP handler of the vault service.
 type Service struct {
-	st       store.Reader
-	index    *Index
-	audit    Auditor
-	trail    TrailReader
-	headV    audit.HeadVerifier
-	tokens   TokenReviewer
-	audience string
-	authz    Authorizer
-	holds    gc.Holder
+	st        store.Reader
+	index     *Index
+	audit     Auditor
+	trail     TrailReader
+	headV     audit.HeadVerifier
+	clientCAs *x509.CertPool
+	tokens    TokenReviewer
+	audience  string
+	authz     Authorizer
+	holds     gc.Holder
 	// retention is nil when the service may not run GC; retentionOff
 	// then says why.
 	retention    *Retention
@@ -159,7 +164,7 @@ func New(o Options) (*Service, error) {
 	}
 	s := &Service{
 		st: o.Store, index: o.Index, audit: o.Audit, trail: o.Trail, headV: o.HeadVerifier,
-		tokens: o.Tokens, audience: o.Audience, authz: o.Authz, holds: o.Holds, log: o.Logger,
+		clientCAs: o.ClientCAs, tokens: o.Tokens, audience: o.Audience, authz: o.Authz, holds: o.Holds, log: o.Logger,
 		retention: o.Retention, retentionOff: o.RetentionOff,
 		writeTimeout: o.WriteTimeout, rateLimit: rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*limiterEntry{},
 		reg: o.Registry,
