@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -75,6 +76,22 @@ func TestKubernetesTokensAndSubjectAccessReview(t *testing.T) {
 	temp := c.Token(t, "ir", "temp", "vault", time.Hour)
 	if err := c.Client(t).CoreV1().ServiceAccounts("ir").Delete(t.Context(), "temp", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
+	}
+	// The API server notices the deletion through its informer, a moment
+	// later; until then it still authenticates the token (and the service
+	// would cache that answer). Ask the service once the API server refuses.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		tr, err := c.Client(t).AuthenticationV1().TokenReviews().Create(t.Context(), &authenticationv1.TokenReview{
+			Spec: authenticationv1.TokenReviewSpec{Token: temp, Audiences: []string{"vault"}}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !tr.Status.Authenticated {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the API server still authenticates a deleted service account's token after 30s")
+		}
 	}
 	if a := e.get(anon, "/v1/checkpoints?namespace=payments", "Authorization", "Bearer "+temp); a.code != http.StatusUnauthorized {
 		t.Errorf("token of a deleted service account: %d %s, want 401", a.code, a.body)
