@@ -54,6 +54,7 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -575,6 +576,7 @@ func (c *Cluster) Grant(tb testing.TB, ns, role string, rules []rbacv1.PolicyRul
 	if err != nil {
 		tb.Fatalf("create role binding %s/%s: %v", ns, role, err)
 	}
+	c.waitGranted(tb, ns, rules, subjects)
 }
 
 // GrantCluster creates ClusterRole role with rules and a ClusterRoleBinding
@@ -595,5 +597,52 @@ func (c *Cluster) GrantCluster(tb testing.TB, role string, rules []rbacv1.Policy
 	}, metav1.CreateOptions{})
 	if err != nil {
 		tb.Fatalf("create cluster role binding %s: %v", role, err)
+	}
+	c.waitGranted(tb, "", rules, subjects)
+}
+
+// waitGranted returns once the API server's RBAC authoriser, which learns
+// of new bindings through an informer a moment later, allows every subject
+// the first rule: a test's first request must not race the grant (nor a
+// service cache its denial).
+func (c *Cluster) waitGranted(tb testing.TB, ns string, rules []rbacv1.PolicyRule, subjects []rbacv1.Subject) {
+	tb.Helper()
+	if len(rules) == 0 || len(rules[0].Resources) == 0 || len(rules[0].Verbs) == 0 || len(rules[0].APIGroups) == 0 {
+		return // non-resource rules: nothing to probe with
+	}
+	r := rules[0]
+	pick := func(v, wildcard string) string {
+		if v == "*" {
+			return wildcard
+		}
+		return v
+	}
+	resource, sub, _ := strings.Cut(pick(r.Resources[0], "probes"), "/")
+	attrs := &authorizationv1.ResourceAttributes{Namespace: ns, Verb: pick(r.Verbs[0], "get"),
+		Group: pick(r.APIGroups[0], ""), Resource: resource, Subresource: sub}
+	cs := c.Client(tb)
+	for _, s := range subjects {
+		spec := authorizationv1.SubjectAccessReviewSpec{ResourceAttributes: attrs}
+		switch s.Kind {
+		case rbacv1.UserKind:
+			spec.User = s.Name
+		case rbacv1.GroupKind:
+			spec.User, spec.Groups = "testkube-probe", []string{s.Name}
+		case rbacv1.ServiceAccountKind:
+			spec.User = "system:serviceaccount:" + s.Namespace + ":" + s.Name
+		}
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			r, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx(tb),
+				&authorizationv1.SubjectAccessReview{Spec: spec}, metav1.CreateOptions{})
+			if err != nil {
+				tb.Fatalf("checking the grant to %s %s: %v", s.Kind, s.Name, err)
+			}
+			if r.Status.Allowed {
+				break
+			}
+			if time.Now().After(deadline) {
+				tb.Fatalf("the grant to %s %s of %+v is not in effect after 30s", s.Kind, s.Name, *attrs)
+			}
+		}
 	}
 }
