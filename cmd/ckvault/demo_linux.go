@@ -179,17 +179,9 @@ func runDemo(ctx context.Context, w io.Writer, h *devHandle) error {
 
 	step("ckvault audit query --since %s", start.Format(time.RFC3339))
 	log := h.Daemon.Audit()
-	var recs []audit.Record
-	for f := (audit.Filter{Since: start, Limit: audit.MaxLimit}); ; {
-		page, err := log.Query(ctx, f)
-		if err != nil {
-			return fmt.Errorf("demo: audit query: %w", err)
-		}
-		recs = append(recs, page.Records...)
-		if page.Next == "" {
-			break
-		}
-		f.Cursor = page.Next
+	recs, err := recordsSince(ctx, log, start)
+	if err != nil {
+		return fmt.Errorf("demo: audit query: %w", err)
 	}
 	if err := printRecords(w, "table", recs); err != nil {
 		return err
@@ -310,19 +302,27 @@ func demoService(ctx context.Context, w io.Writer, step func(string, ...any), h 
 	fmt.Fprintf(w, "refused: %s\n", termsafe.String(se.Error()))
 
 	step("the vault service's audit trail (each request recorded before its first byte, its outcome after)")
+	recs, err := recordsSince(ctx, srv.Trail, start)
+	if err != nil {
+		return fmt.Errorf("demo: the service's audit trail: %w", err)
+	}
+	return printRecords(w, "table", recs)
+}
+
+// recordsSince is every record of a trail from start on, page by page.
+func recordsSince(ctx context.Context, l *audit.Log, start time.Time) ([]audit.Record, error) {
 	var recs []audit.Record
 	for f := (audit.Filter{Since: start, Limit: audit.MaxLimit}); ; {
-		page, err := srv.Trail.Query(ctx, f)
+		page, err := l.Query(ctx, f)
 		if err != nil {
-			return fmt.Errorf("demo: the service's audit trail: %w", err)
+			return nil, err
 		}
 		recs = append(recs, page.Records...)
 		if page.Next == "" {
-			break
+			return recs, nil
 		}
 		f.Cursor = page.Next
 	}
-	return printRecords(w, "table", recs)
 }
 
 // writeInPlace writes data to a new file at path in pieces, as CRI-O and
