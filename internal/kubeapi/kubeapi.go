@@ -52,14 +52,14 @@ func New(cfg *rest.Config) (*Client, error) {
 	return &Client{base: base, hc: hc}, nil
 }
 
-// Load returns the configuration of kubeconfig (with context, when not
+// Load returns the configuration of kubeconfig (with kubeContext, when not
 // empty). An empty kubeconfig means $KUBECONFIG, then ~/.kube/config,
 // then the in-cluster configuration, as kubectl looks for it.
-func Load(kubeconfig, context string) (*rest.Config, error) {
+func Load(kubeconfig, kubeContext string) (*rest.Config, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = kubeconfig
 	c, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-		&clientcmd.ConfigOverrides{CurrentContext: context}).ClientConfig()
+		&clientcmd.ConfigOverrides{CurrentContext: kubeContext}).ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("loading the kubeconfig: %w", err)
 	}
