@@ -322,9 +322,13 @@ func (s *Service) refuseUnauthenticated(cw *countingWriter, r *http.Request, rou
 	rec.Outcome = audit.Denied
 	rec.Detail["request"] = route
 	rec.Detail["path"] = clip(r.Method + " " + r.URL.Path)
-	rec.Detail["auth"] = "none"
-	if r.Header.Get("Authorization") != "" {
+	switch {
+	case r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
+		rec.Detail["auth"] = "rejected certificate" // authenticate looks at it first
+	case r.Header.Get("Authorization") != "":
 		rec.Detail["auth"] = "rejected token"
+	default:
+		rec.Detail["auth"] = "none"
 	}
 	rec.Detail["reason"] = clip(err.Error())
 	rec.Detail["status"] = "401"
