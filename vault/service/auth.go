@@ -83,7 +83,9 @@ func (s *Service) authenticate(r *http.Request) (Identity, error) {
 	}
 	id, ok, reason, err := s.tokens.Review(r.Context(), tok)
 	if err != nil {
-		return Identity{}, err
+		// The error goes into the trail and the log: it must not carry
+		// the token, whatever a reviewer or the API server put in it.
+		return Identity{}, &reviewUnavailableError{strings.ReplaceAll(err.Error(), tok, "[token]")}
 	}
 	if !ok {
 		return Identity{}, fmt.Errorf("%w: the bearer token was rejected (%s); get a token for the service's audience (kubectl create token SA --audience %s)", errUnauthenticated, reason, s.audience)
@@ -170,6 +172,13 @@ func extKeyUsageNames(c *x509.Certificate) string {
 	return strings.Join(out, ", ")
 }
 
+// reviewUnavailableError: a bearer token could not be reviewed (the API
+// server unreachable, or answering an error); the request is refused with
+// a recorded 503. reason never holds the token.
+type reviewUnavailableError struct{ reason string }
+
+func (e *reviewUnavailableError) Error() string { return "TokenReview unavailable: " + e.reason }
+
 // reviewLimitedError: a bearer token would need a TokenReview, and its
 // source address has sent too many unauthenticated requests (429).
 type reviewLimitedError struct{ wait time.Duration }
@@ -194,10 +203,43 @@ func certIdentity(c *x509.Certificate) (Identity, error) {
 	return id, nil
 }
 
+// How long TokenReview answers are cached (tokenCache).
+//
+// Accepted: 2 minutes, the default of kube-rbac-proxy's delegating
+// authenticator and of kube-apiserver's own webhook token authenticator
+// (--authentication-token-webhook-cache-ttl). It is also the window in
+// which the service still accepts a token whose service account was
+// deleted (or which expired) after its last review, and in which a
+// reviewed caller keeps working while the API server is down.
+//
+// Rejected: 10 seconds, shorter than kube-rbac-proxy's 2 minutes (it uses
+// one TTL for both answers) and equal to the default of k8s.io/apiserver's
+// delegating authenticator. The long negative cache there protects the API
+// server from a repeated bad token; here every token not in the cache is
+// held to the per-address limit before its review (authenticate), which
+// does that already. Re-asking sooner costs nothing in safety — a rejected
+// token is accepted only if the API server now accepts it — and a caller
+// whose token was rejected for a cause fixed on the API server's side (its
+// audiences or issuer, say) gets a fresh answer within seconds, not
+// minutes.
+const (
+	tokenAllowTTL = 2 * time.Minute
+	tokenDenyTTL  = 10 * time.Second
+)
+
+// How long SubjectAccessReview decisions are cached (cachingAuthorizer):
+// kube-rbac-proxy's defaults. A revoked RoleBinding stays effective in the
+// service up to decisionAllowTTL.
+const (
+	decisionAllowTTL = 5 * time.Minute
+	decisionDenyTTL  = 30 * time.Second
+)
+
 // tokenCache remembers TokenReview answers by the token's SHA-256 (never
 // the token), so a client's stream of requests costs one review: accepted
-// tokens for allowTTL, rejected ones for denyTTL (kube-rbac-proxy reviews
-// tokens with a 2-minute cache).
+// tokens for allowTTL, rejected ones for denyTTL (tokenAllowTTL and
+// tokenDenyTTL in the service). Errors are not cached: the next request
+// asks again.
 type tokenCache struct {
 	next              TokenReviewer
 	allowTTL, denyTTL time.Duration
@@ -302,8 +344,8 @@ func contains(list []string, s string) bool {
 }
 
 // cachingAuthorizer remembers decisions: allowed ones for allowTTL,
-// denied ones for denyTTL (kube-rbac-proxy's defaults: 5 minutes and 30
-// seconds). Errors are not cached.
+// denied ones for denyTTL (decisionAllowTTL and decisionDenyTTL in the
+// service). Errors are not cached.
 type cachingAuthorizer struct {
 	next              Authorizer
 	allowTTL, denyTTL time.Duration

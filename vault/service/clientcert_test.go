@@ -93,6 +93,7 @@ func TestClientCertificateOutsideValidityOrUsage(t *testing.T) {
 			if err := json.Unmarshal(a.body, &body); err != nil {
 				t.Fatalf("the 401 is not a JSON error: %v: %s", err, a.body)
 			}
+			t.Logf("%s: %s", c.name, body.Error)
 			for _, w := range c.want {
 				if !strings.Contains(body.Error, w) {
 					t.Errorf("the error %q does not say %q", body.Error, w)
