@@ -38,6 +38,15 @@ func SegmentKey(node string, first, last uint64) string {
 	return fmt.Sprintf("%s%s/%020d-%020d.jsonl", SegmentPrefix, node, first, last)
 }
 
+// IsSegmentKey reports whether key names a segment. Keys under
+// SegmentPrefix that do not are not the trail's: a Kubernetes namespace may
+// be named "audit", and its checkpoints' keys
+// (audit/<pod>/<container>/<object>) start like segments.
+func IsSegmentKey(key string) bool {
+	_, _, _, ok := parseSegmentKey(key)
+	return ok
+}
+
 // parseSegmentKey is SegmentKey's inverse.
 func parseSegmentKey(key string) (node string, first, last uint64, ok bool) {
 	rest, ok := strings.CutPrefix(key, SegmentPrefix)
@@ -323,6 +332,15 @@ type StoreTrail struct {
 	Report *Report
 }
 
+// SegmentLister lists the exported segments of a store whose List does not
+// return them: the vault service's client (vault/remote), whose List lists
+// checkpoints from the service's index. The segments' prefix cannot say
+// which is meant, since a Kubernetes namespace may be named "audit".
+// ReadStore uses ListSegments when st has it.
+type SegmentLister interface {
+	ListSegments(ctx context.Context, startAfter string, limit int) ([]store.ObjectInfo, string, error)
+}
+
 // ReadStore loads and verifies every node's segments from st: each segment
 // on its own, its head signature (against v), and the chain across a node's
 // segments from seq 1 without gaps or overlaps. Problems are findings in
@@ -343,7 +361,14 @@ func ReadStore(ctx context.Context, st store.Reader, v HeadVerifier) (*StoreTrai
 	byNode := map[string][]ref{}
 	after := ""
 	for {
-		objs, next, err := st.List(ctx, SegmentPrefix, after, 1000)
+		var objs []store.ObjectInfo
+		var next string
+		var err error
+		if sl, ok := st.(SegmentLister); ok {
+			objs, next, err = sl.ListSegments(ctx, after, 1000)
+		} else {
+			objs, next, err = st.List(ctx, SegmentPrefix, after, 1000)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("audit: listing %s in %s: %w", SegmentPrefix, st.Describe(), err)
 		}

@@ -296,11 +296,27 @@ func exportTrail(ctx context.Context, cfg *policy.Config, l *audit.Log, st store
 // store's first record (seq 1) is l's first record.
 func checkTrailName(ctx context.Context, st store.Store, cfg *policy.Config, l *audit.Log) error {
 	prefix := audit.SegmentPrefix + cfg.Node + "/"
-	objs, _, err := st.List(ctx, prefix, "", 1)
-	if err != nil {
-		return fmt.Errorf("listing %s in %s (gc checks that no other trail exports as node %q): %w; nothing was deleted", prefix, st.Describe(), cfg.Node, err)
+	// The first segment, skipping the checkpoints of a Kubernetes
+	// namespace named "audit" whose pod has gc's node name: they share
+	// the prefix, and are no trail.
+	var seg string
+	for after := ""; seg == ""; {
+		objs, next, err := st.List(ctx, prefix, after, 100)
+		if err != nil {
+			return fmt.Errorf("listing %s in %s (gc checks that no other trail exports as node %q): %w; nothing was deleted", prefix, st.Describe(), cfg.Node, err)
+		}
+		for _, o := range objs {
+			if audit.IsSegmentKey(o.Key) {
+				seg = o.Key
+				break
+			}
+		}
+		if next == "" || len(objs) == 0 {
+			break
+		}
+		after = next
 	}
-	if len(objs) == 0 {
+	if seg == "" {
 		return nil
 	}
 	page, err := l.Query(ctx, audit.Filter{Limit: 1})
@@ -310,9 +326,9 @@ func checkTrailName(ctx context.Context, st store.Store, cfg *policy.Config, l *
 	var first struct {
 		Record *audit.Record `json:"record"`
 	}
-	o, err := st.Open(ctx, objs[0].Key)
+	o, err := st.Open(ctx, seg)
 	if err != nil {
-		return fmt.Errorf("reading %s in %s: %w; nothing was deleted", objs[0].Key, st.Describe(), err)
+		return fmt.Errorf("reading %s in %s: %w; nothing was deleted", seg, st.Describe(), err)
 	}
 	derr := json.NewDecoder(io.LimitReader(o, 1<<20)).Decode(&first)
 	o.Close()
@@ -323,7 +339,7 @@ func checkTrailName(ctx context.Context, st store.Store, cfg *policy.Config, l *
 	if derr == nil && first.Record != nil && first.Record.Seq != 1 {
 		return nil // the store's start is gone; Export's own checks decide
 	}
-	return fmt.Errorf("the store already holds an audit trail of node %q (%s) that gc's trail in %s did not write; gc exports its records under the config's node:, so give gc a node name of its own (as the CronJob's node: ckvault-gc), or run it where that node's daemon runs; nothing was deleted", cfg.Node, objs[0].Key, cfg.StateDir)
+	return fmt.Errorf("the store already holds an audit trail of node %q (%s) that gc's trail in %s did not write; gc exports its records under the config's node:, so give gc a node name of its own (as the CronJob's node: ckvault-gc), or run it where that node's daemon runs; nothing was deleted", cfg.Node, seg, cfg.StateDir)
 }
 
 func printGC(w io.Writer, rep *gcReport) error {

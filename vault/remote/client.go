@@ -293,19 +293,15 @@ func (s *Store) Checkpoints(ctx context.Context, q url.Values) (*CheckpointList,
 	return &l, nil
 }
 
-// List implements store.Reader. Checkpoint objects come from the service's
-// index (GET /v1/checkpoints, with prefix and cursor), audit segments from
-// GET /v1/audit/segments. The small objects a listing carries are kept for
-// Open.
+// List implements store.Reader for checkpoint objects: they come from the
+// service's index (GET /v1/checkpoints, with prefix and cursor), whatever
+// the prefix — a listing of audit/ or audit/<pod>/ is one of a Kubernetes
+// namespace named "audit". Audit segments are listed by ListSegments,
+// which audit.ReadStore prefers. The small objects a listing carries are
+// kept for Open.
 func (s *Store) List(ctx context.Context, prefix, startAfter string, limit int) ([]store.ObjectInfo, string, error) {
 	if limit <= 0 || limit > 1000 {
 		limit = 1000
-	}
-	// Segments are listed as audit/ or audit/<node>/. A deeper prefix is
-	// a container's directory (or below) of a Kubernetes namespace named
-	// "audit", whose checkpoints share the prefix: they are in the index.
-	if strings.HasPrefix(prefix, audit.SegmentPrefix) && strings.Count(prefix, "/") <= 2 {
-		return s.listSegments(ctx, prefix, startAfter, limit)
 	}
 	q := url.Values{"limit": {strconv.Itoa(limit)}}
 	if prefix != "" {
@@ -345,7 +341,12 @@ func (s *Store) List(ctx context.Context, prefix, startAfter string, limit int) 
 	return out, l.Next, nil
 }
 
-func (s *Store) listSegments(ctx context.Context, prefix, startAfter string, limit int) ([]store.ObjectInfo, string, error) {
+// ListSegments lists the exported audit segments (GET /v1/audit/segments,
+// verb audit); it implements audit.SegmentLister.
+func (s *Store) ListSegments(ctx context.Context, startAfter string, limit int) ([]store.ObjectInfo, string, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
 	q := url.Values{"limit": {strconv.Itoa(limit)}}
 	if startAfter != "" {
 		q.Set("after", startAfter)
@@ -356,9 +357,10 @@ func (s *Store) listSegments(ctx context.Context, prefix, startAfter string, lim
 	}
 	out := make([]store.ObjectInfo, 0, len(l.Items))
 	for _, o := range l.Items {
-		if strings.HasPrefix(o.Key, prefix) {
-			out = append(out, store.ObjectInfo{Key: o.Key, Size: o.Size, LastModified: o.LastModified})
+		if !strings.HasPrefix(o.Key, audit.SegmentPrefix) {
+			return nil, "", fmt.Errorf("%s listed %s as an audit segment: a misbehaving service", s.Describe(), o.Key)
 		}
+		out = append(out, store.ObjectInfo{Key: o.Key, Size: o.Size, LastModified: o.LastModified})
 	}
 	return out, l.Next, nil
 }
@@ -591,4 +593,7 @@ func (o *object) Close() error {
 	return nil
 }
 
-var _ store.Reader = (*Store)(nil)
+var (
+	_ store.Reader        = (*Store)(nil)
+	_ audit.SegmentLister = (*Store)(nil) // audit.ReadStore lists segments apart from List
+)
