@@ -3,18 +3,13 @@ package service
 import (
 	"context"
 	"crypto/tls"
-	"errors"
-	"fmt"
 	"maps"
 	"net/http"
 	"os"
 	"runtime"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/checkpoint-vault/ckvault/internal/testservers"
 	"github.com/checkpoint-vault/ckvault/vault/remote"
@@ -71,9 +66,11 @@ func runServiceFetch(b *testing.B, srv *testservers.Server, bin string, shape lo
 	proc := startServe(b, bin, f.cfgPath, 5*time.Minute)
 	defer proc.stop(b)
 	if ownCPU {
-		defer pin(b, srv.Pid(), 0)()
-		defer pin(b, os.Getpid(), 0)()
-		defer pin(b, proc.cmd.Process.Pid, 1)()
+		for pid, cpu := range map[int]int{srv.Pid(): 0, os.Getpid(): 0, proc.cmd.Process.Pid: 1} {
+			undo, err := testservers.PinProcess(pid, cpu)
+			must(b, err)
+			defer undo()
+		}
 	}
 	base := "https://" + proc.addr
 	rs, err := remote.New(remote.Config{Server: base, CAFile: f.ca.CertFile, CertFile: f.certs[0][0], KeyFile: f.certs[0][1]})
@@ -120,32 +117,6 @@ func runServiceFetch(b *testing.B, srv *testservers.Server, bin string, shape lo
 	b.ReportMetric(float64(directCPU.total())/float64(servedCPU.total()), "cpu-bound")
 }
 
-// pin restricts every thread of process pid to one CPU (threads created
-// later inherit their creator's set) and returns what undoes it.
-func pin(b *testing.B, pid, cpu int) (undo func()) {
-	set := func(to func(*unix.CPUSet)) {
-		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-		must(b, err)
-		for _, t := range tasks {
-			tid, err := strconv.Atoi(t.Name())
-			must(b, err)
-			var s unix.CPUSet
-			to(&s)
-			if err := unix.SchedSetaffinity(tid, &s); err != nil && !errors.Is(err, unix.ESRCH) {
-				b.Fatalf("pinning thread %d of process %d: %v", tid, pid, err)
-			}
-		}
-	}
-	set(func(s *unix.CPUSet) { s.Set(cpu) })
-	return func() {
-		set(func(s *unix.CPUSet) {
-			for c := range runtime.NumCPU() {
-				s.Set(c)
-			}
-		})
-	}
-}
-
 // cpuSplit is CPU time spent by MinIO, the service and the clients (this
 // process).
 type cpuSplit struct{ store, service, client time.Duration }
@@ -159,9 +130,9 @@ func (c cpuSplit) minus(d cpuSplit) cpuSplit {
 func (c cpuSplit) total() time.Duration { return c.store + c.service + c.client }
 
 func (f *loadFixture) cpuNow(b *testing.B, srv *testservers.Server, proc *serveProc) cpuSplit {
-	st, err := cpuTime(srv.Pid())
+	st, err := testservers.ProcessCPU(srv.Pid())
 	must(b, err)
-	sv, err := cpuTime(proc.cmd.Process.Pid)
+	sv, err := testservers.ProcessCPU(proc.cmd.Process.Pid)
 	must(b, err)
 	return cpuSplit{store: st, service: sv, client: selfCPU()}
 }

@@ -157,7 +157,7 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 		}
 	})
 	b.ResetTimer()
-	svcCPU0, err := cpuTime(cmd.Process.Pid)
+	svcCPU0, err := testservers.ProcessCPU(cmd.Process.Pid)
 	must(b, err)
 	ownCPU0 := selfCPU()
 	loadStart := time.Now()
@@ -198,7 +198,7 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	wg.Wait()
 	loadTime := time.Since(loadStart)
 	b.StopTimer()
-	svcCPU1, err := cpuTime(cmd.Process.Pid)
+	svcCPU1, err := testservers.ProcessCPU(cmd.Process.Pid)
 	must(b, err)
 	ownCPU := selfCPU() - ownCPU0
 	loadAvg, _ := os.ReadFile("/proc/loadavg")
@@ -224,10 +224,10 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	var serveCPU time.Duration
 	for round := range loadRounds {
 		direct = append(direct, f.throughput(b, f.st, fetchKeys))
-		cpu0, err := cpuTime(cmd.Process.Pid)
+		cpu0, err := testservers.ProcessCPU(cmd.Process.Pid)
 		must(b, err)
 		served = append(served, f.throughput(b, rs, fetchKeys))
-		cpu1, err := cpuTime(cmd.Process.Pid)
+		cpu1, err := testservers.ProcessCPU(cmd.Process.Pid)
 		must(b, err)
 		serveCPU += cpu1 - cpu0
 		served1 = append(served1, f.throughputHTTP(b, h1, base, fetchKeys))
@@ -593,28 +593,6 @@ serve:
 		b.Fatalf("bench config: %v\n%s", err, yml)
 	}
 	return f
-}
-
-// cpuTime is the user+system CPU time a process has used (utime and
-// stime in /proc/PID/stat, in clock ticks of 1/100 s on Linux).
-func cpuTime(pid int) (time.Duration, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// Fields after the command name, which is in parentheses and may hold
-	// spaces: state is field 3, utime 14, stime 15.
-	rest := string(data[strings.LastIndexByte(string(data), ')')+2:])
-	f := strings.Fields(rest)
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
-	}
-	return time.Duration(ut+st) * 10 * time.Millisecond, nil
 }
 
 // serverMeans reads the service's /metrics and returns the mean of
