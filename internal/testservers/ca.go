@@ -132,24 +132,40 @@ func writePEM(name, typ string, der []byte) error {
 // Kubernetes-style identity: user and groups) and, when uri is set, that
 // URI SAN (e.g. a SPIFFE id).
 func (ca *CA) IssueClient(dir, name, cn, uri string, orgs ...string) (certFile, keyFile string, err error) {
+	var u *url.URL
+	if uri != "" {
+		if u, err = url.Parse(uri); err != nil {
+			return "", "", err
+		}
+	}
+	return ca.IssueClientWith(dir, name, cn, func(tmpl *x509.Certificate) {
+		tmpl.Subject.Organization = orgs
+		if u != nil {
+			tmpl.URIs = []*url.URL{u}
+		}
+	})
+}
+
+// IssueClientWith is IssueClient for a certificate a test shapes itself:
+// edit (when not nil) changes the template — subject CN cn, valid from an
+// hour ago for a day, client-auth usage — before the CA signs it, for
+// example to issue one that has expired, is not valid yet, or is for
+// servers only.
+func (ca *CA) IssueClientWith(dir, name, cn string, edit func(tmpl *x509.Certificate)) (certFile, keyFile string, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return "", "", err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: cn, Organization: orgs},
+		Subject:      pkix.Name{CommonName: cn},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	if uri != "" {
-		u, err := url.Parse(uri)
-		if err != nil {
-			return "", "", err
-		}
-		tmpl.URIs = []*url.URL{u}
+	if edit != nil {
+		edit(tmpl)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {

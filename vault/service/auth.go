@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -82,7 +83,9 @@ func (s *Service) authenticate(r *http.Request) (Identity, error) {
 	}
 	id, ok, reason, err := s.tokens.Review(r.Context(), tok)
 	if err != nil {
-		return Identity{}, err
+		// The error goes into the trail and the log: it must not carry
+		// the token, whatever a reviewer or the API server put in it.
+		return Identity{}, &reviewUnavailableError{strings.ReplaceAll(err.Error(), tok, "[token]")}
 	}
 	if !ok {
 		return Identity{}, fmt.Errorf("%w: the bearer token was rejected (%s); get a token for the service's audience (kubectl create token SA --audience %s)", errUnauthenticated, reason, s.audience)
@@ -100,12 +103,81 @@ func (s *Service) verifyClientCert(chain []*x509.Certificate) (*x509.Certificate
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
-	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: s.clientCAs, Intermediates: inter,
+	now := time.Now()
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: s.clientCAs, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return nil, fmt.Errorf("%w: the client certificate (subject %q) does not verify against the service's client CA: %v", errUnauthenticated, chain[0].Subject.CommonName, err)
+		return nil, fmt.Errorf("%w: %s", errUnauthenticated, certProblem(chain[0], err, now))
 	}
 	return chain[0], nil
 }
+
+// certProblem says why leaf did not verify, and what to do about it, in
+// words a holder can act on; x509's own text ("has expired or is not yet
+// valid: current time … is after …") names neither which it is nor the fix.
+// x509 checks the leaf's validity period first, so an expired certificate
+// from another CA is reported as expired.
+func certProblem(leaf *x509.Certificate, err error, now time.Time) string {
+	which := fmt.Sprintf("the client certificate (subject %q, serial %s)", leaf.Subject.CommonName, leaf.SerialNumber.Text(16))
+	var ci x509.CertificateInvalidError
+	var ua x509.UnknownAuthorityError
+	switch {
+	case errors.As(err, &ci) && ci.Reason == x509.Expired && ci.Cert != nil:
+		if ci.Cert != leaf {
+			// An intermediate the client sent, or the CA itself.
+			which = fmt.Sprintf("the certificate %q in the client certificate's chain", ci.Cert.Subject.CommonName)
+		}
+		if now.Before(ci.Cert.NotBefore) {
+			return fmt.Sprintf("%s is not valid until %s (the service's clock says %s); use it from then on, or check the clock of whoever issued it",
+				which, ci.Cert.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+		}
+		if ci.Cert != leaf {
+			return fmt.Sprintf("%s expired at %s; renew it (the service's client CA, serve.clientCA, or the intermediate the client sends), then issue a new certificate",
+				which, ci.Cert.NotAfter.UTC().Format(time.RFC3339))
+		}
+		return fmt.Sprintf("%s expired at %s; issue a new certificate from the service's client CA (serve.clientCA)", which, ci.Cert.NotAfter.UTC().Format(time.RFC3339))
+	case errors.As(err, &ci) && ci.Reason == x509.IncompatibleUsage:
+		if slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+			return fmt.Sprintf("%s is for client authentication, but an issuer in its chain does not allow that usage; issue it from a CA whose chain allows clientAuth", which)
+		}
+		return fmt.Sprintf("%s is not for client authentication (its extended key usages: %s); issue a certificate with extended key usage clientAuth (TLS Web Client Authentication) from the service's client CA",
+			which, extKeyUsageNames(leaf))
+	case errors.As(err, &ua):
+		return fmt.Sprintf("%s was issued by %q, not by the service's client CA (serve.clientCA); use a certificate that CA issued", which, leaf.Issuer.CommonName)
+	}
+	return fmt.Sprintf("%s does not verify against the service's client CA (serve.clientCA): %v", which, err)
+}
+
+// extKeyUsageNames lists a certificate's extended key usages by their
+// OpenSSL short names.
+func extKeyUsageNames(c *x509.Certificate) string {
+	names := map[x509.ExtKeyUsage]string{
+		x509.ExtKeyUsageAny: "any", x509.ExtKeyUsageServerAuth: "serverAuth", x509.ExtKeyUsageClientAuth: "clientAuth",
+		x509.ExtKeyUsageCodeSigning: "codeSigning", x509.ExtKeyUsageEmailProtection: "emailProtection",
+		x509.ExtKeyUsageTimeStamping: "timeStamping", x509.ExtKeyUsageOCSPSigning: "OCSPSigning",
+	}
+	var out []string
+	for _, u := range c.ExtKeyUsage {
+		if n, ok := names[u]; ok {
+			out = append(out, n)
+		} else {
+			out = append(out, fmt.Sprintf("usage %d", u))
+		}
+	}
+	for _, oid := range c.UnknownExtKeyUsage {
+		out = append(out, oid.String())
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
+}
+
+// reviewUnavailableError: a bearer token could not be reviewed (the API
+// server unreachable, or answering an error); the request is refused with
+// a recorded 503. reason never holds the token.
+type reviewUnavailableError struct{ reason string }
+
+func (e *reviewUnavailableError) Error() string { return "TokenReview unavailable: " + e.reason }
 
 // reviewLimitedError: a bearer token would need a TokenReview, and its
 // source address has sent too many unauthenticated requests (429).
@@ -131,10 +203,43 @@ func certIdentity(c *x509.Certificate) (Identity, error) {
 	return id, nil
 }
 
+// How long TokenReview answers are cached (tokenCache).
+//
+// Accepted: 2 minutes, the default of kube-rbac-proxy's delegating
+// authenticator and of kube-apiserver's own webhook token authenticator
+// (--authentication-token-webhook-cache-ttl). It is also the window in
+// which the service still accepts a token whose service account was
+// deleted (or which expired) after its last review, and in which a
+// reviewed caller keeps working while the API server is down.
+//
+// Rejected: 10 seconds, shorter than kube-rbac-proxy's 2 minutes (it uses
+// one TTL for both answers) and equal to the default of k8s.io/apiserver's
+// delegating authenticator. The long negative cache there protects the API
+// server from a repeated bad token; here every token not in the cache is
+// held to the per-address limit before its review (authenticate), which
+// does that already. Re-asking sooner costs nothing in safety — a rejected
+// token is accepted only if the API server now accepts it — and a caller
+// whose token was rejected for a cause fixed on the API server's side (its
+// audiences or issuer, say) gets a fresh answer within seconds, not
+// minutes.
+const (
+	tokenAllowTTL = 2 * time.Minute
+	tokenDenyTTL  = 10 * time.Second
+)
+
+// How long SubjectAccessReview decisions are cached (cachingAuthorizer):
+// kube-rbac-proxy's defaults. A revoked RoleBinding stays effective in the
+// service up to decisionAllowTTL.
+const (
+	decisionAllowTTL = 5 * time.Minute
+	decisionDenyTTL  = 30 * time.Second
+)
+
 // tokenCache remembers TokenReview answers by the token's SHA-256 (never
 // the token), so a client's stream of requests costs one review: accepted
-// tokens for allowTTL, rejected ones for denyTTL (kube-rbac-proxy reviews
-// tokens with a 2-minute cache).
+// tokens for allowTTL, rejected ones for denyTTL (tokenAllowTTL and
+// tokenDenyTTL in the service). Errors are not cached: the next request
+// asks again.
 type tokenCache struct {
 	next              TokenReviewer
 	allowTTL, denyTTL time.Duration
@@ -239,8 +344,8 @@ func contains(list []string, s string) bool {
 }
 
 // cachingAuthorizer remembers decisions: allowed ones for allowTTL,
-// denied ones for denyTTL (kube-rbac-proxy's defaults: 5 minutes and 30
-// seconds). Errors are not cached.
+// denied ones for denyTTL (decisionAllowTTL and decisionDenyTTL in the
+// service). Errors are not cached.
 type cachingAuthorizer struct {
 	next              Authorizer
 	allowTTL, denyTTL time.Duration

@@ -134,13 +134,23 @@ func (s *Service) handleList(q *request) error {
 		verb, _ := policy.LookupServeVerb("list")
 		d, err := s.authz.Authorize(q.r.Context(), q.id, verb, ns)
 		if err != nil {
-			return false, err
+			return false, &noDecisionError{err}
 		}
 		allowed[ns] = d.Allowed
 		return d.Allowed, nil
 	}
 	items, next, err := s.index.List(lq, visible)
-	if err != nil {
+	var nd *noDecisionError
+	switch {
+	case errors.As(err, &nd):
+		// Not knowing which namespaces the caller may list, list none
+		// (the outcome record says why).
+		failure = err
+		q.w.Header().Set("Retry-After", retryAfterUnavailable)
+		writeError(q.w, http.StatusServiceUnavailable, remote.Error{Error: "the service cannot decide right now which namespaces " + q.id.Actor() +
+			" may list (its authoriser did not answer); nothing was listed; retry after " + retryAfterUnavailable + " seconds, and tell the operator if it persists"})
+		return err
+	case err != nil:
 		failure = err
 		writeError(q.w, http.StatusServiceUnavailable, remote.Error{Error: err.Error()})
 		return err
@@ -228,7 +238,12 @@ func (s *Service) resolveShortID(q *request, prefix, verbName string) (string, e
 	for _, b := range match {
 		ns, _, _ := strings.Cut(b, "/")
 		d, err := s.authz.Authorize(q.r.Context(), q.id, verb, ns)
-		if err == nil && d.Allowed {
+		if err != nil {
+			// Which checkpoints the id may name is unknown: neither a
+			// 404 nor a pick among the others, but a recorded 503.
+			return "", q.authzUnavailable(verbName, ns, clip(fmt.Sprintf("id:%q", prefix)), err)
+		}
+		if d.Allowed {
 			mine = append(mine, b)
 		}
 	}

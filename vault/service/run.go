@@ -137,12 +137,12 @@ func Start(ctx context.Context, cfg *policy.Config, su Setup) (*Server, error) {
 		}
 	}
 	if tokens != nil {
-		tokens = newTokenCache(tokens, 2*time.Minute, 10*time.Second)
+		tokens = newTokenCache(tokens, tokenAllowTTL, tokenDenyTTL)
 	}
 	if authz == nil {
 		authz = RolesAuthorizer{Roles: sc.Roles}
 	} else {
-		authz = newCachingAuthorizer(authz, 5*time.Minute, 30*time.Second)
+		authz = newCachingAuthorizer(authz, decisionAllowTTL, decisionDenyTTL)
 	}
 
 	auditTrusted := su.AuditTrusted

@@ -278,8 +278,10 @@ func (s *Service) api(route string, h func(q *request) error) http.HandlerFunc {
 				writeError(cw, http.StatusTooManyRequests, remote.Error{Error: rl.Error()})
 				return
 			}
-			s.log.Error("authenticating a request", "err", err)
-			writeError(cw, http.StatusServiceUnavailable, remote.Error{Error: "authentication is unavailable: " + err.Error()})
+			// A token that could not be reviewed (reviewUnavailableError;
+			// anything else authenticate might return is treated alike:
+			// refused, recorded).
+			s.authUnavailable(cw, r, route, start, err)
 			return
 		}
 		if wait, ok := s.allow(id); !ok {
@@ -307,6 +309,61 @@ func (s *Service) refuseUnauthenticated(cw *countingWriter, r *http.Request, rou
 		writeError(cw, http.StatusTooManyRequests, remote.Error{Error: fmt.Sprintf("too many unauthenticated requests from %s; retry after %s", anon.User, wait.Round(time.Second))})
 		return
 	}
+	q, rec := s.unauthenticatedRecord(cw, r, route, start)
+	rec.Outcome = audit.Denied
+	switch {
+	case r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
+		rec.Detail["auth"] = "rejected certificate" // authenticate looks at it first
+	case r.Header.Get("Authorization") != "":
+		rec.Detail["auth"] = "rejected token"
+	default:
+		rec.Detail["auth"] = "none"
+	}
+	rec.Detail["reason"] = clip(err.Error())
+	rec.Detail["status"] = "401"
+	if _, aerr := s.audit.Append(r.Context(), rec); aerr != nil {
+		q.auditUnavailable(aerr)
+		return
+	}
+	cw.Header().Set("WWW-Authenticate", `Bearer realm="ckvault"`)
+	writeError(cw, http.StatusUnauthorized, remote.Error{Error: err.Error()})
+}
+
+// retryAfterUnavailable is the Retry-After of a 503 for a dependency that
+// failed (the trail, the API server): a guess, short enough for a client
+// to come back soon and long enough not to hammer it.
+const retryAfterUnavailable = "5"
+
+// authUnavailable answers 503 to a caller whose bearer token could not be
+// reviewed (the API server unreachable, or answering an error), and
+// records the attempt like a refusal: every attempt to read the vault is
+// in the trail, with its source address, as for a 401. The caller was
+// held to the per-address limit before the review was tried
+// (authenticate), so this costs the trail no more than a 401 does. If the
+// record cannot be written the answer is still a 503 (auditUnavailable):
+// nothing is served either way.
+func (s *Service) authUnavailable(cw *countingWriter, r *http.Request, route string, start time.Time, err error) {
+	s.log.Error("a bearer token could not be reviewed; refusing the request", "source", r.RemoteAddr, "path", clipPath(r.URL.Path), "err", err)
+	q, rec := s.unauthenticatedRecord(cw, r, route, start)
+	rec.Outcome = audit.Error
+	rec.Detail["auth"] = "unreviewed token"
+	rec.Detail["reason"] = clip(err.Error())
+	rec.Detail["status"] = "503"
+	if _, aerr := s.audit.Append(r.Context(), rec); aerr != nil {
+		q.auditUnavailable(aerr)
+		return
+	}
+	// The cause (the API server's address, its error) is in the log and
+	// the record, not in an answer to a caller nobody has authenticated.
+	cw.Header().Set("Retry-After", retryAfterUnavailable)
+	writeError(cw, http.StatusServiceUnavailable, remote.Error{Error: "the service cannot review bearer tokens right now (its Kubernetes API server did not answer the TokenReview); nothing was served and the attempt is recorded; retry after " +
+		retryAfterUnavailable + " seconds or use a client certificate, and tell the operator if it persists"})
+}
+
+// unauthenticatedRecord is the record of a request refused before its
+// caller was authenticated, under the actor unauthenticated:SOURCE.
+func (s *Service) unauthenticatedRecord(cw *countingWriter, r *http.Request, route string, start time.Time) (*request, audit.Record) {
+	anon := Identity{Kind: "unauthenticated", User: remoteHost(r)}
 	q := &request{s: s, w: cw, r: r, id: anon, start: start, route: route}
 	// The record names the object (and its namespace) the caller tried,
 	// and which credential failed, as an authenticated refusal would.
@@ -319,21 +376,9 @@ func (s *Service) refuseUnauthenticated(cw *countingWriter, r *http.Request, rou
 		namespace, _, _ = strings.Cut(id, "/")
 	}
 	rec := q.baseRecord("denied", subject, namespace)
-	rec.Outcome = audit.Denied
 	rec.Detail["request"] = route
 	rec.Detail["path"] = clip(r.Method + " " + r.URL.Path)
-	rec.Detail["auth"] = "none"
-	if r.Header.Get("Authorization") != "" {
-		rec.Detail["auth"] = "rejected token"
-	}
-	rec.Detail["reason"] = clip(err.Error())
-	rec.Detail["status"] = "401"
-	if _, aerr := s.audit.Append(r.Context(), rec); aerr != nil {
-		q.auditUnavailable(aerr)
-		return
-	}
-	cw.Header().Set("WWW-Authenticate", `Bearer realm="ckvault"`)
-	writeError(cw, http.StatusUnauthorized, remote.Error{Error: err.Error()})
+	return q, rec
 }
 
 // allow applies the per-identity rate limit; it returns how long to wait
@@ -373,18 +418,16 @@ func (q *request) authorize(verbName, namespace, subject string) bool {
 		panic("service: unknown verb " + verbName)
 	}
 	d, err := q.s.authz.Authorize(q.r.Context(), q.id, verb, namespace)
-	if err == nil && d.Allowed {
+	if err != nil {
+		q.authzUnavailable(verbName, namespace, subject, err)
+		return false
+	}
+	if d.Allowed {
 		return true
 	}
 	reason := d.Reason
-	if err != nil {
-		reason = "no decision: " + err.Error()
-	}
 	q.s.m.denied.Inc()
-	where := "namespace " + namespace
-	if namespace == "" {
-		where = "the whole vault"
-	}
+	where := whereOf(namespace)
 	rec := q.baseRecord("denied", subject, namespace)
 	rec.Outcome = audit.Denied
 	rec.Detail["request"] = verbName
@@ -400,6 +443,48 @@ func (q *request) authorize(verbName, namespace, subject string) bool {
 		Namespace: namespace,
 	})
 	return false
+}
+
+func whereOf(namespace string) string {
+	if namespace == "" {
+		return "the whole vault"
+	}
+	return "namespace " + namespace
+}
+
+// noDecisionError: the authoriser could not decide (SubjectAccessReview
+// unreachable or failing). It is not a denial — a 403 would tell the
+// caller to ask for a grant it may already hold — but a 503 to retry.
+type noDecisionError struct{ err error }
+
+func (e *noDecisionError) Error() string { return "authoriser unavailable: " + e.err.Error() }
+func (e *noDecisionError) Unwrap() error { return e.err }
+
+// authzUnavailable answers 503 (Retry-After) when the authoriser could not
+// decide whether the caller may use verbName in namespace, and records
+// the refusal (action denied, outcome error, status 503): an authoriser
+// that fails allows nothing, and the attempt is in the trail. A refusal
+// that cannot be recorded is a 503 too. It returns the error, for the
+// handler's log.
+func (q *request) authzUnavailable(verbName, namespace, subject string, err error) error {
+	nd := &noDecisionError{err}
+	q.s.log.Error("the authoriser could not decide; refusing the request", "actor", q.id.Actor(), "verb", verbName, "namespace", namespace, "err", err)
+	rec := q.baseRecord("denied", subject, namespace)
+	rec.Outcome = audit.Error
+	rec.Detail["request"] = verbName
+	rec.Detail["reason"] = clip(nd.Error())
+	rec.Detail["status"] = "503"
+	if _, aerr := q.s.audit.Append(q.r.Context(), rec); aerr != nil {
+		q.auditUnavailable(aerr)
+		return nd
+	}
+	q.w.Header().Set("Retry-After", retryAfterUnavailable)
+	writeError(q.w, http.StatusServiceUnavailable, remote.Error{
+		Error: fmt.Sprintf("the service cannot decide right now whether %s may %s in %s (its authoriser did not answer); nothing was served and the attempt is recorded; retry after %s seconds, and tell the operator if it persists",
+			q.id.Actor(), verbName, whereOf(namespace), retryAfterUnavailable),
+		Verb: verbName, Namespace: namespace,
+	})
+	return nd
 }
 
 // baseRecord is a record of this request. The namespace, pod and
@@ -494,7 +579,7 @@ func (q *request) finish(failure error) {
 func (q *request) auditUnavailable(err error) {
 	q.s.m.auditFail.Inc()
 	q.s.log.Error("the audit trail refused a record; refusing the request", "actor", q.id.Actor(), "path", q.r.URL.Path, "err", err)
-	q.w.Header().Set("Retry-After", "5")
+	q.w.Header().Set("Retry-After", retryAfterUnavailable)
 	writeError(q.w, http.StatusServiceUnavailable, remote.Error{Error: "the service cannot record this request in its audit trail, so it serves nothing; retry later or tell the operator (" + err.Error() + ")"})
 }
 
