@@ -159,7 +159,8 @@ func TestBucketPolicies(t *testing.T) {
 	denied("gc bypasses governance without the bypass policy", gcUser.DeleteVersion(ctx, governance, vg, store.DeleteOptions{BypassGovernance: true}))
 	denied("gc with the bypass policy bypasses compliance", gcBypass.DeleteVersion(ctx, compliance, vc, store.DeleteOptions{BypassGovernance: true}))
 	allowed("gc with the bypass policy bypasses governance", gcBypass.DeleteVersion(ctx, governance, vg, store.DeleteOptions{BypassGovernance: true}))
-	allowed("gc writes an intent", put(gcUser, "gc/intents/payments/api-0/api/x.intent", store.Retention{}))
+	intentKey := "ckvault.gc/intents/payments/api-0/api/20261130T120000Z-node-a-0123456789ab.intent"
+	allowed("gc writes an intent", put(gcUser, intentKey, store.Retention{}))
 	denied("gc writes a checkpoint", put(gcUser, "payments/api-0/api/20261130T120000Z-ckvault-gc-0123456789ab.tar.age", store.Retention{}))
 	seg := "audit/node-a/00000000000000000001-00000000000000000002.jsonl"
 	denied("gc deletes an audit segment", gcUser.DeleteVersion(ctx, seg, latestVersion(t, gcUser, seg), store.DeleteOptions{}))
@@ -180,8 +181,46 @@ func TestBucketPolicies(t *testing.T) {
 	denied("gc deletes its own audit segment", gcUser.DeleteVersion(ctx, ownSeg, latestVersion(t, gcUser, ownSeg), store.DeleteOptions{}))
 	denied("gc bypasses governance on its own audit segment", gcBypass.DeleteVersion(ctx, ownSeg, latestVersion(t, gcUser, ownSeg), store.DeleteOptions{BypassGovernance: true}))
 	allowed("gc deletes an unlocked version", gcUser.DeleteVersion(ctx, own+".manifest.json", vManifest, store.DeleteOptions{}))
+
+	// Kubernetes namespaces named "audit" and "gc": their keys start like
+	// the audit trail's segments (audit/<node>/…) and like the intents of
+	// older versions (gc/intents/…), and they are checkpoints all the same.
+	// Retention deletes and pins a namespace audit's checkpoints, never a
+	// segment; no role's own-segment grant reaches a checkpoint whose pod
+	// is named like that role's trail; GC cannot write a namespace gc's
+	// checkpoints, and nodes cannot write GC's intents.
+	nsAudit := "audit/ckvault-gc/app/20261130T120000Z-node-a-0123456789ab.tar.age"
+	allowed("node puts a checkpoint of namespace audit, pod ckvault-gc, under compliance retention", put(nodeA, nsAudit, store.Retention{Mode: "compliance", Until: until}))
+	vAudit := latestVersion(t, gcUser, nsAudit)
+	denied("gc deletes a checkpoint of namespace audit under retention", gcUser.DeleteVersion(ctx, nsAudit, vAudit, store.DeleteOptions{}))
+	denied("gc puts a checkpoint of namespace audit whose pod is named like gc's trail", put(gcUser, "audit/ckvault-gc/app/20261130T120000Z-node-a-0123456789ad.tar.age", store.Retention{}))
+	denied("service puts a checkpoint of namespace audit whose pod is named like its trail", put(service, "audit/ckvault-service/app/20261130T120000Z-node-a-0123456789ab.tar.age", store.Retention{}))
+	denied("node puts another node's checkpoint of namespace audit whose pod is named like its trail", put(nodeA, "audit/node-a/app/20261130T120000Z-node-b-0123456789ab.tar.age", store.Retention{}))
+	allowed("gc pins a checkpoint of namespace audit", gcUser.SetLegalHold(ctx, nsAudit, true))
+	allowed("gc unpins it", gcUser.SetLegalHold(ctx, nsAudit, false))
+	denied("gc sets a hold on an audit segment", gcUser.SetLegalHold(ctx, seg, true))
+	denied("gc overwrites an audit segment", put(gcUser, seg, store.Retention{}))
+	nsGC := "gc/intents/app/20261130T120000Z-node-a-0123456789ab.tar.age"
+	allowed("node puts a checkpoint of namespace gc, pod intents", put(nodeA, nsGC, store.Retention{}))
+	denied("gc puts a checkpoint of namespace gc, pod intents", put(gcUser, nsGC, store.Retention{}))
+	denied("gc puts an intent where older versions did", put(gcUser, "gc/intents/payments/api-0/api/20261130T120000Z-node-a-0123456789ab.intent", store.Retention{}))
+	denied("node puts a GC intent for its own checkpoint", put(nodeA, intentKey, store.Retention{}))
+	denied("node puts a GC intent where older versions did", put(nodeA, "gc/intents/payments/api-0/api/20261130T120000Z-node-a-0123456789ab.intent", store.Retention{}))
+	denied("service sets a hold on a GC intent", service.SetLegalHold(ctx, intentKey, true))
+	allowed("gc removes its finished intent", gcUser.DeleteVersion(ctx, intentKey, latestVersion(t, gcUser, intentKey), store.DeleteOptions{}))
+	root, err := s3store.New(s3store.Config{URL: srv.StoreURL(srv.Bucket, prefix), CAFile: srv.CAFile, PathStyle: "path",
+		Credentials: credentials.NewStaticV4(srv.AccessKey, srv.SecretKey, ""), BaseDelay: 10e6, Attempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy := "gc/intents/payments/api-0/api/20261130T120001Z-node-a-0123456789ac.intent"
+	allowed("an older version's intent (written as root here)", put(root, legacy, store.Retention{}))
+	allowed("gc removes an older version's intent", gcUser.DeleteVersion(ctx, legacy, latestVersion(t, gcUser, legacy), store.DeleteOptions{}))
+
 	time.Sleep(time.Until(until) + 1500*time.Millisecond)
 	allowed("gc deletes a version whose compliance retention ended", gcUser.DeleteVersion(ctx, compliance, vc, store.DeleteOptions{}))
+	allowed("gc deletes an expired checkpoint of namespace audit", gcUser.DeleteVersion(ctx, nsAudit, vAudit, store.DeleteOptions{}))
+	denied("gc deletes an audit segment whose retention ended", gcUser.DeleteVersion(ctx, ownSeg, latestVersion(t, gcUser, ownSeg), store.DeleteOptions{}))
 }
 
 func latestVersion(t *testing.T, s *s3store.Store, key string) string {

@@ -51,7 +51,7 @@ a policy the oldest go first until maxCount, maxTotalSize and maxAge all hold.
               signing.publicKeys
 
 Deleting means every version of all six objects, delete markers included, the
-manifest first; an intent object (gc/intents/) and an audit record precede
+manifest first; an intent object (ckvault.gc/intents/) and an audit record precede
 each deletion, so an interrupted run is finished by the next one. Exported
 audit segments are never touched.
 
@@ -278,7 +278,7 @@ func exportTrail(ctx context.Context, cfg *policy.Config, l *audit.Log, st store
 	}
 	res, err := l.Export(ctx, st, audit.ExportOptions{})
 	if err != nil {
-		return fmt.Errorf("gc's audit records are not in the store yet: %w; they are kept in %s and the next run exports them (the store identity needs put on audit/%s/*, see deploy/bucket-policies/gc.json)", err, cfg.StateDir, cfg.Node)
+		return fmt.Errorf("gc's audit records are not in the store yet: %w; they are kept in %s and the next run exports them (the store identity needs put on audit/%s/*.jsonl, see deploy/bucket-policies/gc.json)", err, cfg.StateDir, cfg.Node)
 	}
 	if len(res.Keys) > 0 {
 		slog.Info("exported gc's audit segments", "count", len(res.Keys), "through", res.Through, "store", st.Describe())

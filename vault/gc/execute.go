@@ -64,7 +64,7 @@ func Execute(ctx context.Context, st Store, opts Options, plan *Plan) (*Result, 
 		if _, err := opts.Audit.Append(ctx, rec); err != nil {
 			return res, fmt.Errorf("gc: recording that the deletion of %s is abandoned: %w", h.Base, err)
 		}
-		if err := removeAll(ctx, st, IntentKey(h.Base)); err != nil {
+		if err := removeAll(ctx, st, h.intentKey); err != nil {
 			return res, fmt.Errorf("gc: removing the abandoned intent of %s: %w", h.Base, err)
 		}
 	}
@@ -132,6 +132,9 @@ func deleteOne(ctx context.Context, st Store, opts *Options, a Action) (versions
 	// 1. The intent, durable in the store (where every later run looks)
 	// and in the audit trail.
 	ikey := IntentKey(a.Base)
+	if a.intentKey != "" {
+		ikey = a.intentKey // an unfinished deletion's, possibly under LegacyIntentPrefix
+	}
 	body, err := json.Marshal(intent{Base: a.Base, Policy: a.Policy, Limit: a.Limit, Reason: a.Reason, Actor: opts.Actor, Time: opts.now().UTC()})
 	if err != nil {
 		return 0, 0, err

@@ -35,7 +35,7 @@
 // included: a plain DELETE on a versioned bucket only hides the bytes.
 // A checkpoint is deleted in this order:
 //
-//  1. an intent object gc/intents/<base>.intent is written to the store,
+//  1. an intent object ckvault.gc/intents/<base>.intent is written to the store,
 //     naming the base key, the policy and the reason; then an audit record
 //     of the intent (fail-closed: no record, no deletion);
 //  2. the manifest's versions and its signatures (.manifest.json,
@@ -99,14 +99,49 @@ type Auditor interface {
 	Append(ctx context.Context, rec audit.Record) (uint64, error)
 }
 
-// IntentPrefix holds the intent objects of deletions in progress.
-const IntentPrefix = "gc/intents/"
+// IntentPrefix holds the intent objects of deletions in progress. Its first
+// segment has a dot, which no Kubernetes namespace name has (DNS-1123
+// label), so no checkpoint's key starts with it: GC never reads a
+// checkpoint object as an intent, and its store identity may write here
+// without being able to write any checkpoint (deploy/bucket-policies).
+const IntentPrefix = "ckvault.gc/intents/"
+
+// LegacyIntentPrefix is where versions before IntentPrefix wrote their
+// intents. It is also where the checkpoints of a namespace "gc" with a pod
+// "intents" go, so an object there is an intent only if its key has the
+// intent's structure (legacyIntent); GC still finishes such intents, and
+// never writes one there.
+const LegacyIntentPrefix = "gc/intents/"
 
 // intentSuffix ends every intent object's key.
 const intentSuffix = ".intent"
 
 // IntentKey names the intent object of a base key.
 func IntentKey(base string) string { return IntentPrefix + base + intentSuffix }
+
+// legacyIntentKey names the intent object an older version wrote.
+func legacyIntentKey(base string) string { return LegacyIntentPrefix + base + intentSuffix }
+
+// checkpointSlashes is the number of "/" in every checkpoint object's key
+// (<namespace>/<pod>/<container>/<object>; no name component has one).
+const checkpointSlashes = 3
+
+// legacyIntent reports whether key is under LegacyIntentPrefix with an
+// intent's structure: an intent key embeds a whole base key, so it has
+// more "/" than any checkpoint object, which is what a key there with a
+// checkpoint's structure is (namespace gc, pod intents).
+func legacyIntent(key string) bool {
+	return strings.HasPrefix(key, LegacyIntentPrefix) && strings.HasSuffix(key, intentSuffix) &&
+		strings.Count(key, "/") > checkpointSlashes
+}
+
+// auditSegmentArea reports whether key is under the audit segments'
+// prefix and is not shaped like a checkpoint object. Segments
+// (audit/<node>/<first>-<last>.jsonl) and anything else there that is not
+// a checkpoint of a namespace named "audit" are never GC's.
+func auditSegmentArea(key string) bool {
+	return strings.HasPrefix(key, audit.SegmentPrefix) && strings.Count(key, "/") != checkpointSlashes
+}
 
 // Limit names why an action was chosen.
 const (
@@ -188,8 +223,10 @@ type Action struct {
 	// retention is bypassed.
 	Bypass string `json:"bypass,omitempty"`
 
-	// intentVersion is the version of an unfinished action's intent.
-	intentVersion string
+	// intentKey and intentVersion are the key (IntentKey, or
+	// legacyIntentKey for an older version's) and version of an
+	// unfinished action's intent.
+	intentKey, intentVersion string
 }
 
 // Held is a due checkpoint or orphan that stays for now.
@@ -200,6 +237,9 @@ type Held struct {
 	// Why: "pinned (legal hold on KEY)", "compliance retention of KEY
 	// until T", "orphan, within grace until T".
 	Why string `json:"why"`
+
+	// intentKey is the intent of an abandoned deletion.
+	intentKey string
 }
 
 // Problem is a base key GC will not touch, and why.
@@ -320,9 +360,9 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 	var intents []store.Version
 	err := st.ListVersions(ctx, "", func(v store.Version) error {
 		switch {
-		case strings.HasPrefix(v.Key, audit.SegmentPrefix):
+		case auditSegmentArea(v.Key):
 			return nil // exported audit segments are never GC's
-		case strings.HasPrefix(v.Key, IntentPrefix):
+		case strings.HasPrefix(v.Key, IntentPrefix), legacyIntent(v.Key):
 			intents = append(intents, v)
 			return nil
 		}
@@ -357,6 +397,12 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 			plan.Unverified = append(plan.Unverified, Problem{Base: iv.Key, Err: err.Error()})
 			continue
 		}
+		if unfinished[in.Base] {
+			// An older version's intent and a current one for the same
+			// base: one action finishes the base, and the next run, which
+			// finds the base gone, removes the other intent.
+			continue
+		}
 		unfinished[in.Base] = true
 		if g := groups[in.Base]; g != nil {
 			h, _, err := locks(ctx, st, &opts, g.versions, now)
@@ -364,7 +410,7 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 				return nil, err
 			}
 			if h != nil {
-				held := Held{Base: in.Base, Policy: in.Policy, Limit: LimitUnfinished, Why: h.why}
+				held := Held{Base: in.Base, Policy: in.Policy, Limit: LimitUnfinished, Why: h.why, intentKey: iv.Key}
 				if mv, ok := g.latest(manifest.ObjectsFor(in.Base).Manifest); ok && !mv.DeleteMarker {
 					// Nothing was deleted yet and a pin or lock appeared:
 					// the checkpoint stays whole and the intent goes.
@@ -376,7 +422,7 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 				continue
 			}
 		}
-		a := Action{Base: in.Base, Policy: in.Policy, Limit: LimitUnfinished, intentVersion: iv.VersionID,
+		a := Action{Base: in.Base, Policy: in.Policy, Limit: LimitUnfinished, intentKey: iv.Key, intentVersion: iv.VersionID,
 			Reason: fmt.Sprintf("finishing a deletion begun %s (%s: %s)", in.Time.UTC().Format(time.RFC3339), in.Limit, in.Reason)}
 		if g := groups[in.Base]; g != nil {
 			a.Versions = g.versions

@@ -93,7 +93,7 @@ func readIntent(ctx context.Context, st store.Store, key string) (*intent, error
 	if err != nil {
 		return nil, fmt.Errorf("intent %s: %v; remove it once you have checked the objects it names", key, err)
 	}
-	if IntentKey(in.Base) != key {
+	if IntentKey(in.Base) != key && legacyIntentKey(in.Base) != key {
 		return nil, fmt.Errorf("intent %s names base %q, which is not its own; ignored (remove it)", key, in.Base)
 	}
 	return in, nil

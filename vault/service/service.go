@@ -349,7 +349,9 @@ func (s *Service) authUnavailable(cw *countingWriter, r *http.Request, route str
 	rec.Detail["auth"] = "unreviewed token"
 	rec.Detail["reason"] = clip(err.Error())
 	rec.Detail["status"] = "503"
-	if _, aerr := s.audit.Append(r.Context(), rec); aerr != nil {
+	ctx, cancel := recordContext(r)
+	defer cancel()
+	if _, aerr := s.audit.Append(ctx, rec); aerr != nil {
 		q.auditUnavailable(aerr)
 		return
 	}
@@ -358,6 +360,14 @@ func (s *Service) authUnavailable(cw *countingWriter, r *http.Request, route str
 	cw.Header().Set("Retry-After", retryAfterUnavailable)
 	writeError(cw, http.StatusServiceUnavailable, remote.Error{Error: "the service cannot review bearer tokens right now (its Kubernetes API server did not answer the TokenReview); nothing was served and the attempt is recorded; retry after " +
 		retryAfterUnavailable + " seconds or use a client certificate, and tell the operator if it persists"})
+}
+
+// recordContext is the context for the record of an attempt that failed
+// on a review at the API server: the caller may have gone away while it
+// waited (that may even be why the review failed), and the attempt must
+// be recorded all the same.
+func recordContext(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
 }
 
 // unauthenticatedRecord is the record of a request refused before its
@@ -474,7 +484,9 @@ func (q *request) authzUnavailable(verbName, namespace, subject string, err erro
 	rec.Detail["request"] = verbName
 	rec.Detail["reason"] = clip(nd.Error())
 	rec.Detail["status"] = "503"
-	if _, aerr := q.s.audit.Append(q.r.Context(), rec); aerr != nil {
+	ctx, cancel := recordContext(q.r)
+	defer cancel()
+	if _, aerr := q.s.audit.Append(ctx, rec); aerr != nil {
 		q.auditUnavailable(aerr)
 		return nd
 	}
