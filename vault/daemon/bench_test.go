@@ -47,6 +47,9 @@ import (
 // buildCkvault builds cmd/ckvault for one benchmark and returns its path.
 func buildCkvault(b *testing.B) string {
 	b.Helper()
+	if bin := os.Getenv("CKVAULT_BENCH_BIN"); bin != "" {
+		return bin // prebuilt, e.g. to profile the daemon with perf
+	}
 	bin := filepath.Join(b.TempDir(), "ckvault")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/checkpoint-vault/ckvault/cmd/ckvault").CombinedOutput()
 	if err != nil {
