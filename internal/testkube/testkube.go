@@ -542,6 +542,15 @@ func (c *Cluster) Resign(tb testing.TB, token string, edit func(claims map[strin
 	return signed + "." + base64.RawURLEncoding.EncodeToString(sig)
 }
 
+// AuthDelegator is what a service that delegates authentication and
+// authorisation to the API server needs (the rules of the built-in
+// system:auth-delegator ClusterRole, which deploy/ grants `ckvault serve`
+// as its own ClusterRole ckvault-service).
+var AuthDelegator = []rbacv1.PolicyRule{
+	{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
+	{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
+}
+
 // SA is the RBAC subject for service account ns/name.
 func SA(ns, name string) rbacv1.Subject {
 	return rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Namespace: ns, Name: name}

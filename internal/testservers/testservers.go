@@ -318,6 +318,17 @@ func (s *Server) tail() string {
 // Log returns the end of the server's log, for test failure messages.
 func (s *Server) Log() string { return s.tail() }
 
+// Pid is the server process's id (0 when it is not running): benchmarks
+// read its CPU time to account for where a run's cycles went.
+func (s *Server) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil || s.cmd.Process == nil || s.stopped {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // HTTPClient returns an HTTP client that trusts the server's CA.
 func (s *Server) HTTPClient() *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()

@@ -16,8 +16,9 @@ import (
 )
 
 // TestReadsAnswersToTheirEnd: having every byte of an object, the client
-// still reads the answer's end (HTTP/2 END_STREAM) before it hangs up, so
-// the service sees a download finish rather than a reset stream. The
+// still reads the answer's end before it hangs up (the client speaks
+// HTTP/1.1; over HTTP/2, END_STREAM), so the service sees a download
+// finish rather than a reset stream or a closed connection. The
 // server here holds the end back for a moment after the last byte, as the
 // service does while it makes its outcome record durable, and notes
 // whether the client reset the stream meanwhile. (TestClientEndsStreamsCleanly

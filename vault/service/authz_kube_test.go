@@ -33,10 +33,7 @@ func TestAuthorisationTableAllIdentityKinds(t *testing.T) {
 	// Names of this test's own (the API server is shared with other tests).
 	tns := c.Namespace(t)
 	c.ServiceAccount(t, tns, "serve")
-	c.GrantCluster(t, tns+"-serve-delegator", []rbacv1.PolicyRule{
-		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
-		{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
-	}, testkube.SA(tns, "serve"))
+	c.GrantCluster(t, tns+"-serve-delegator", testkube.AuthDelegator, testkube.SA(tns, "serve"))
 	kc := filepath.Join(t.TempDir(), "kubeconfig")
 	must(t, c.WriteKubeconfig(kc, c.Token(t, tns, "serve", "https://kubernetes.default.svc", time.Hour)))
 	for _, sa := range []string{"responder", "idle", "auditor"} {

@@ -325,8 +325,13 @@ var (
 
 // buildCkvault builds cmd/ckvault once per test binary and returns its
 // path: tests that need the service as users run it start it as a child.
+// CKVAULT_BENCH_BIN names a prebuilt binary instead (to profile the
+// service with perf, which needs the binary after the run).
 func buildCkvault(tb testing.TB) string {
 	tb.Helper()
+	if bin := os.Getenv("CKVAULT_BENCH_BIN"); bin != "" {
+		return bin
+	}
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "ckvault-serve-bin-")
 		if err != nil {

@@ -31,10 +31,7 @@ func TestKubernetesTokensAndSubjectAccessReview(t *testing.T) {
 	// The service's own identity: may create TokenReviews and
 	// SubjectAccessReviews, nothing else.
 	c.ServiceAccount(t, "vault", "ckvault-serve")
-	c.GrantCluster(t, "ckvault-serve-delegator", []rbacv1.PolicyRule{
-		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
-		{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
-	}, testkube.SA("vault", "ckvault-serve"))
+	c.GrantCluster(t, "ckvault-serve-delegator", testkube.AuthDelegator, testkube.SA("vault", "ckvault-serve"))
 	kc := filepath.Join(t.TempDir(), "kubeconfig")
 	if err := c.WriteKubeconfig(kc, c.Token(t, "vault", "ckvault-serve", "https://kubernetes.default.svc", time.Hour)); err != nil {
 		t.Fatal(err)

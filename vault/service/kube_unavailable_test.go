@@ -43,10 +43,7 @@ func TestKubernetesUnavailableIsRecorded503(t *testing.T) {
 	}
 	tns := c.Namespace(t)
 	c.ServiceAccount(t, tns, "serve")
-	c.GrantCluster(t, tns+"-serve-delegator", []rbacv1.PolicyRule{
-		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
-		{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
-	}, testkube.SA(tns, "serve"))
+	c.GrantCluster(t, tns+"-serve-delegator", testkube.AuthDelegator, testkube.SA(tns, "serve"))
 	c.ServiceAccount(t, tns, "responder")
 	certUser := tns + "-responder"
 	c.Grant(t, "payments", tns+"-responders", []rbacv1.PolicyRule{{

@@ -80,6 +80,14 @@ func BenchmarkServiceLoad(b *testing.B) {
 	}
 }
 
+// loadShape is what seedLoadVault puts in the store: fetchSet real
+// checkpoints of fetchBytes of memory each, and signed manifests (without
+// ciphertext) up to total.
+type loadShape struct {
+	total, fetchSet int
+	fetchBytes      int64
+}
+
 // loadFixture is the vault and configuration of one load run.
 type loadFixture struct {
 	dir, stateDir, cfgPath string
@@ -110,7 +118,7 @@ func (c *atomicCounts) add(err bool) {
 
 func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	ctx := context.Background()
-	f := seedLoadVault(b, srv)
+	f := seedLoadVault(b, srv, loadShape{total: loadCheckpoints, fetchSet: loadFetchSet, fetchBytes: loadFetchBytes})
 
 	// The service, as users run it; it indexes the store before it listens.
 	t0 := time.Now()
@@ -149,7 +157,7 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 		}
 	})
 	b.ResetTimer()
-	svcCPU0, err := cpuTime(cmd.Process.Pid)
+	svcCPU0, err := testservers.ProcessCPU(cmd.Process.Pid)
 	must(b, err)
 	ownCPU0 := selfCPU()
 	loadStart := time.Now()
@@ -190,7 +198,7 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	wg.Wait()
 	loadTime := time.Since(loadStart)
 	b.StopTimer()
-	svcCPU1, err := cpuTime(cmd.Process.Pid)
+	svcCPU1, err := testservers.ProcessCPU(cmd.Process.Pid)
 	must(b, err)
 	ownCPU := selfCPU() - ownCPU0
 	loadAvg, _ := os.ReadFile("/proc/loadavg")
@@ -206,8 +214,8 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	// Phase 2: fetch throughput, service against direct, same objects.
 	rs, err := remote.New(remote.Config{Server: base, CAFile: f.ca.CertFile, CertFile: f.certs[0][0], KeyFile: f.certs[0][1]})
 	must(b, err)
-	// The same through plain HTTP/1.1 (vault/remote negotiates HTTP/2):
-	// how much of the gap is the protocol.
+	// The same through a raw net/http client over HTTP/1.1 (as vault/remote
+	// speaks it): what the client library itself costs.
 	kp, err := tls.LoadX509KeyPair(f.certs[1][0], f.certs[1][1])
 	must(b, err)
 	h1 := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: f.ca.Pool(), Certificates: []tls.Certificate{kp}},
@@ -216,17 +224,17 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 	var serveCPU time.Duration
 	for round := range loadRounds {
 		direct = append(direct, f.throughput(b, f.st, fetchKeys))
-		cpu0, err := cpuTime(cmd.Process.Pid)
+		cpu0, err := testservers.ProcessCPU(cmd.Process.Pid)
 		must(b, err)
 		served = append(served, f.throughput(b, rs, fetchKeys))
-		cpu1, err := cpuTime(cmd.Process.Pid)
+		cpu1, err := testservers.ProcessCPU(cmd.Process.Pid)
 		must(b, err)
 		serveCPU += cpu1 - cpu0
 		served1 = append(served1, f.throughputHTTP(b, h1, base, fetchKeys))
 		f.counts["fetched"].mu.Lock()
 		f.counts["fetched"].n += 2 * len(fetchKeys)
 		f.counts["fetched"].mu.Unlock()
-		b.Logf("throughput round %d: direct %.0f MiB/s, through the service %.0f MiB/s (HTTP/1.1: %.0f)", round+1, direct[round], served[round], served1[round])
+		b.Logf("throughput round %d: direct %.0f MiB/s, through the service %.0f MiB/s (raw HTTP/1.1 client: %.0f)", round+1, direct[round], served[round], served1[round])
 	}
 	peakHWM, err := vmHWM(cmd.Process.Pid)
 	must(b, err)
@@ -298,13 +306,6 @@ func runServiceLoad(b *testing.B, srv *testservers.Server, bin string) {
 		}
 		slices.Sort(d)
 		return float64(d[min(len(d)-1, int(p*float64(len(d))))].Microseconds()) / 1000
-	}
-	mean := func(v []float64) float64 {
-		var sum float64
-		for _, x := range v {
-			sum += x
-		}
-		return sum / float64(len(v))
 	}
 	var fetchSetBytes int64
 	for _, k := range fetchKeys {
@@ -453,7 +454,7 @@ func (f *loadFixture) throughput(b *testing.B, r store.Reader, keys []string) fl
 
 // seedLoadVault fills a fresh MinIO prefix with loadCheckpoints
 // checkpoints and writes the service's configuration.
-func seedLoadVault(b *testing.B, srv *testservers.Server) *loadFixture {
+func seedLoadVault(b *testing.B, srv *testservers.Server, shape loadShape) *loadFixture {
 	ctx := context.Background()
 	dir := b.TempDir()
 	sc := storeConfig(b, string(testservers.MinIO))
@@ -479,14 +480,14 @@ func seedLoadVault(b *testing.B, srv *testservers.Server) *loadFixture {
 	var mu sync.Mutex
 	var g errgroup.Group
 	g.SetLimit(2)
-	for i := range loadFetchSet {
+	for i := range shape.fetchSet {
 		g.Go(func() error {
 			adir := filepath.Join(dir, "archives", strconv.Itoa(i))
 			if err := os.MkdirAll(adir, 0o700); err != nil {
 				return err
 			}
 			p, err := samplearchive.WriteDir(adir, samplearchive.Options{Namespace: "ns-000", Pod: fmt.Sprintf("fetch-%d", i),
-				Seed: int64(i + 1), MemoryBytes: loadFetchBytes, CheckpointedAt: samplearchive.DefaultTime.Add(time.Duration(i) * time.Minute)})
+				Seed: int64(i + 1), MemoryBytes: shape.fetchBytes, CheckpointedAt: samplearchive.DefaultTime.Add(time.Duration(i) * time.Minute)})
 			if err != nil {
 				return err
 			}
@@ -520,10 +521,10 @@ func seedLoadVault(b *testing.B, srv *testservers.Server) *loadFixture {
 	tBase := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 	g = errgroup.Group{}
 	g.SetLimit(32)
-	for i := range loadCheckpoints - loadFetchSet {
+	for i := range shape.total - shape.fetchSet {
 		g.Go(func() error {
 			in := *info
-			ns := fmt.Sprintf("ns-%03d", (i+loadFetchSet)%loadNamespaces)
+			ns := fmt.Sprintf("ns-%03d", (i+shape.fetchSet)%loadNamespaces)
 			in.Identity = checkpoint.Identity{Namespace: ns, Pod: fmt.Sprintf("api-%d", i%7), Container: "app"}
 			in.Checkpointed = tBase.Add(time.Duration(i) * time.Second)
 			base, err := manifest.NewKey(manifest.KeyInput{Namespace: ns, Pod: in.Identity.Pod, Container: "app", Node: "node-b", CheckpointedAt: in.Checkpointed})
@@ -561,7 +562,7 @@ func seedLoadVault(b *testing.B, srv *testservers.Server) *loadFixture {
 		})
 	}
 	must(b, g.Wait())
-	b.Logf("seeded %d checkpoints (%d with a %d MiB ciphertext) in %s", len(f.bases), loadFetchSet, loadFetchBytes>>20, time.Since(t0).Round(time.Second))
+	b.Logf("seeded %d checkpoints (%d with a %d MiB ciphertext) in %s", len(f.bases), shape.fetchSet, shape.fetchBytes>>20, time.Since(t0).Round(time.Second))
 
 	storeYAML := fmt.Sprintf("  url: %s\n  caFile: %s\n  pathStyle: path\n  accessKeyFile: %s\n  secretKeyFile: %s\n", sc.URL, sc.CAFile, sc.AccessKeyFile, sc.SecretKeyFile)
 	certFile, keyFile, err := ca.Issue(dir, "serve.crt", "serve.key")
@@ -592,28 +593,6 @@ serve:
 		b.Fatalf("bench config: %v\n%s", err, yml)
 	}
 	return f
-}
-
-// cpuTime is the user+system CPU time a process has used (utime and
-// stime in /proc/PID/stat, in clock ticks of 1/100 s on Linux).
-func cpuTime(pid int) (time.Duration, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// Fields after the command name, which is in parentheses and may hold
-	// spaces: state is field 3, utime 14, stime 15.
-	rest := string(data[strings.LastIndexByte(string(data), ')')+2:])
-	f := strings.Fields(rest)
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
-	}
-	return time.Duration(ut+st) * 10 * time.Millisecond, nil
 }
 
 // serverMeans reads the service's /metrics and returns the mean of

@@ -39,10 +39,7 @@ func TestRedteamTokenFloodCostsFewReviews(t *testing.T) {
 		c.CreateNamespace(t, ns)
 	}
 	c.ServiceAccount(t, "vault", "rt-serve")
-	c.GrantCluster(t, "rt-serve-delegator", []rbacv1.PolicyRule{
-		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
-		{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
-	}, testkube.SA("vault", "rt-serve"))
+	c.GrantCluster(t, "rt-serve-delegator", testkube.AuthDelegator, testkube.SA("vault", "rt-serve"))
 	kc := filepath.Join(t.TempDir(), "kubeconfig")
 	if err := c.WriteKubeconfig(kc, c.Token(t, "vault", "rt-serve", "https://kubernetes.default.svc", time.Hour)); err != nil {
 		t.Fatal(err)

@@ -28,10 +28,7 @@ func TestVerbsThroughSubjectAccessReview(t *testing.T) {
 		c.CreateNamespace(t, ns)
 	}
 	c.ServiceAccount(t, vaultNS, "ckvault-serve")
-	c.GrantCluster(t, "svcverbs-serve-delegator", []rbacv1.PolicyRule{
-		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
-		{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
-	}, testkube.SA(vaultNS, "ckvault-serve"))
+	c.GrantCluster(t, "svcverbs-serve-delegator", testkube.AuthDelegator, testkube.SA(vaultNS, "ckvault-serve"))
 	kc := filepath.Join(t.TempDir(), "kubeconfig")
 	if err := c.WriteKubeconfig(kc, c.Token(t, vaultNS, "ckvault-serve", "https://kubernetes.default.svc", time.Hour)); err != nil {
 		t.Fatal(err)
