@@ -228,7 +228,10 @@ func (s *Service) readyz(w http.ResponseWriter, _ *http.Request) {
 	err := s.readyErr
 	s.readyMu.Unlock()
 	if err != nil {
-		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+		// The probe needs no credentials, so the reason stays in the
+		// service's log: the store's error names its address, bucket and
+		// network.
+		http.Error(w, "not ready: the last index refresh failed; the service's log says why", http.StatusServiceUnavailable)
 		return
 	}
 	io.WriteString(w, "ready\n")

@@ -675,3 +675,30 @@ func TestClientEndsStreamsCleanly(t *testing.T) {
 		t.Errorf("%d of %d whole downloads recorded as anything but ok with every byte", bad, n)
 	}
 }
+
+// TestReadyzTellsNoStoreDetails: /readyz answers without credentials (the
+// kubelet probes it), so while the index cannot be refreshed it says 503
+// and that the service is not ready, never the store's error, which names
+// the store's address, bucket and network — the operator finds that in the
+// service's log.
+func TestReadyzTellsNoStoreDetails(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file"})
+	anon := e.client("")
+	if a := e.get(anon, "/readyz"); a.code != http.StatusOK {
+		t.Fatalf("/readyz of a ready service: %d %s", a.code, a.body)
+	}
+	e.srv.Service.SetReady(errors.New("listing s3://vault-secret-bucket/ at https://minio.internal.example:9000: dial tcp 10.20.30.40:9000: connection refused"))
+	a := e.get(anon, "/readyz")
+	if a.code != http.StatusServiceUnavailable || !strings.Contains(string(a.body), "not ready") {
+		t.Fatalf("/readyz while the store is unreachable: %d %q, want 503 saying not ready", a.code, a.body)
+	}
+	for _, leak := range []string{"vault-secret-bucket", "minio.internal", "10.20.30.40", "dial tcp"} {
+		if strings.Contains(string(a.body), leak) {
+			t.Errorf("/readyz tells an unauthenticated caller %q: %q", leak, a.body)
+		}
+	}
+	e.srv.Service.SetReady(nil)
+	if a := e.get(anon, "/readyz"); a.code != http.StatusOK {
+		t.Fatalf("/readyz once ready again: %d %s", a.code, a.body)
+	}
+}
