@@ -17,6 +17,20 @@ import (
 // than report a healthy checkpoint as unverified.
 var errTransient = errors.New("store error")
 
+// tooLargeError: an object is larger than GC reads for its kind. That is
+// what the object is, not a failure of the store, so it is a problem of
+// its own base or intent (reported, kept) and never stops the run: a node
+// may write any bytes under its own keys, and must not be able to stop
+// retention for the whole vault.
+type tooLargeError struct {
+	key string
+	max int64
+}
+
+func (e *tooLargeError) Error() string {
+	return fmt.Sprintf("%s is larger than the %d bytes allowed", e.key, e.max)
+}
+
 // maxSigSize bounds a signature object (real ones are a few KiB).
 const maxSigSize = 64 << 10
 
@@ -31,7 +45,7 @@ func readSmall(ctx context.Context, st store.Store, key string, max int64) ([]by
 		return nil, fmt.Errorf("reading %s: %w", key, err)
 	}
 	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s is larger than the %d bytes allowed", key, max)
+		return nil, &tooLargeError{key, max}
 	}
 	return b, nil
 }
@@ -47,6 +61,9 @@ func verifyManifest(ctx context.Context, st store.Store, trusted *signing.Truste
 		if errors.Is(err, store.ErrNotExist) {
 			return nil, fmt.Errorf("%s: manifest vanished while GC ran", base)
 		}
+		if errors.As(err, new(*tooLargeError)) {
+			return nil, fmt.Errorf("%s: %v; GC keeps the checkpoint (it deletes only what it verified)", base, err)
+		}
 		return nil, fmt.Errorf("%w: %v", errTransient, err)
 	}
 	var sig []byte
@@ -54,6 +71,9 @@ func verifyManifest(ctx context.Context, st store.Store, trusted *signing.Truste
 		b, err := readSmall(ctx, st, k, maxSigSize)
 		if errors.Is(err, store.ErrNotExist) {
 			continue
+		}
+		if errors.As(err, new(*tooLargeError)) {
+			return nil, fmt.Errorf("%s: %v; GC keeps the checkpoint (it deletes only what it verified)", base, err)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errTransient, err)
@@ -86,6 +106,9 @@ func readIntent(ctx context.Context, st store.Store, key string) (*intent, error
 	if err != nil {
 		if errors.Is(err, store.ErrNotExist) {
 			return nil, fmt.Errorf("intent %s vanished while GC ran", key)
+		}
+		if errors.As(err, new(*tooLargeError)) {
+			return nil, fmt.Errorf("intent %s: %v, so it is no intent GC wrote; ignored (check who wrote it, then remove it)", key, err)
 		}
 		return nil, fmt.Errorf("%w: %v", errTransient, err)
 	}
