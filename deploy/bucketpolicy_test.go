@@ -206,6 +206,10 @@ func TestBucketPolicies(t *testing.T) {
 	denied("gc puts an intent where older versions did", put(gcUser, "gc/intents/payments/api-0/api/20261130T120000Z-node-a-0123456789ab.intent", store.Retention{}))
 	denied("node puts a GC intent for its own checkpoint", put(nodeA, intentKey, store.Retention{}))
 	denied("node puts a GC intent where older versions did", put(nodeA, "gc/intents/payments/api-0/api/20261130T120000Z-node-a-0123456789ab.intent", store.Retention{}))
+	// GC takes any key there with more than three "/" and the suffix for an
+	// intent (legacyIntent), and the node's own-objects grant matches this
+	// one (S3's * crosses "/"): a node wrote an intent GC had to read.
+	denied("node puts an intent-shaped key under gc/intents/ with four slashes", put(nodeA, "gc/intents/a/b/c-node-a-x.intent", store.Retention{}))
 	denied("service sets a hold on a GC intent", service.SetLegalHold(ctx, intentKey, true))
 	allowed("gc removes its finished intent", gcUser.DeleteVersion(ctx, intentKey, latestVersion(t, gcUser, intentKey), store.DeleteOptions{}))
 	root, err := s3store.New(s3store.Config{URL: srv.StoreURL(srv.Bucket, prefix), CAFile: srv.CAFile, PathStyle: "path",
