@@ -392,7 +392,7 @@ func (s *Store) Stat(ctx context.Context, key string) (store.ObjectInfo, error) 
 func infoOf(key string, resp *http.Response) (store.ObjectInfo, error) {
 	info := store.ObjectInfo{Key: key, Size: resp.ContentLength}
 	if resp.StatusCode == http.StatusPartialContent {
-		_, total, err := parseContentRange(resp.Header.Get("Content-Range"))
+		_, _, total, err := parseContentRange(resp.Header.Get("Content-Range"))
 		if err != nil {
 			return info, err
 		}
@@ -407,20 +407,22 @@ func infoOf(key string, resp *http.Response) (store.ObjectInfo, error) {
 	return info, nil
 }
 
-// parseContentRange reads "bytes FIRST-LAST/TOTAL".
-func parseContentRange(h string) (first, total int64, err error) {
+// parseContentRange reads "bytes FIRST-LAST/TOTAL": a range of at least
+// one byte inside an object of TOTAL bytes.
+func parseContentRange(h string) (first, last, total int64, err error) {
 	spec, ok := strings.CutPrefix(h, "bytes ")
 	rng, tot, ok2 := strings.Cut(spec, "/")
-	a, _, ok3 := strings.Cut(rng, "-")
+	a, b, ok3 := strings.Cut(rng, "-")
 	if !ok || !ok2 || !ok3 {
-		return 0, 0, fmt.Errorf("the service answered a malformed Content-Range %q", h)
+		return 0, 0, 0, fmt.Errorf("the service answered a malformed Content-Range %q", h)
 	}
 	first, err1 := strconv.ParseInt(a, 10, 64)
-	total, err2 := strconv.ParseInt(tot, 10, 64)
-	if err1 != nil || err2 != nil || first < 0 || total < 0 || first > total {
-		return 0, 0, fmt.Errorf("the service answered a malformed Content-Range %q", h)
+	last, err2 := strconv.ParseInt(b, 10, 64)
+	total, err3 := strconv.ParseInt(tot, 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || first < 0 || last < first || total <= last {
+		return 0, 0, 0, fmt.Errorf("the service answered a malformed Content-Range %q", h)
 	}
-	return first, total, nil
+	return first, last, total, nil
 }
 
 // Open implements store.Reader: the bytes a listing carried, or a stream
@@ -472,12 +474,18 @@ func (o *object) open(off int64) error {
 		resp.Body.Close()
 		return err
 	}
-	if off > 0 {
-		first, _, err := parseContentRange(resp.Header.Get("Content-Range"))
-		if resp.StatusCode != http.StatusPartialContent || err != nil || first != off {
+	// The stream's bytes are believed only at the offsets the answer
+	// announced, and as asked: from off (0 without a Range) to the end.
+	// A 206 that starts elsewhere, or announces less than the rest while
+	// sending more, would place bytes where they do not belong.
+	if off > 0 || resp.StatusCode == http.StatusPartialContent {
+		first, last, _, err := parseContentRange(resp.Header.Get("Content-Range"))
+		if resp.StatusCode != http.StatusPartialContent || err != nil || first != off || last != info.Size-1 {
 			resp.Body.Close()
-			return fmt.Errorf("%s: asked the service to resume at byte %d, it answered %s %q", o.key, off, resp.Status, resp.Header.Get("Content-Range"))
+			return fmt.Errorf("%s: asked the service for bytes %d to the end, it answered %s %q", o.key, off, resp.Status, resp.Header.Get("Content-Range"))
 		}
+	}
+	if off > 0 {
 		if o.info.Size != info.Size {
 			resp.Body.Close()
 			return fmt.Errorf("%s: the object's size changed from %d to %d bytes while resuming", o.key, o.info.Size, info.Size)
@@ -563,8 +571,11 @@ func (o *object) ReadAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	defer resp.Body.Close()
-	if first, _, err := parseContentRange(resp.Header.Get("Content-Range")); err != nil || first != off {
-		return 0, fmt.Errorf("%s: ranged read at %d answered %q", o.key, off, resp.Header.Get("Content-Range"))
+	// As in open: bytes are believed only where the answer puts them,
+	// and only the range asked for.
+	if first, last, total, err := parseContentRange(resp.Header.Get("Content-Range")); resp.StatusCode != http.StatusPartialContent || err != nil ||
+		first != off || last != end || total != o.info.Size {
+		return 0, fmt.Errorf("%s: asked the service for bytes %d-%d of %d, it answered %s %q", o.key, off, end, o.info.Size, resp.Status, resp.Header.Get("Content-Range"))
 	}
 	n, err := io.ReadFull(resp.Body, p[:end-off+1])
 	if err == nil {

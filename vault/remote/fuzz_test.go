@@ -72,8 +72,8 @@ func FuzzClientAnswers(f *testing.F) {
 			}
 		}
 
-		if first, total, err := parseContentRange(contentRange); err == nil && (first < 0 || total < 0 || first > total) {
-			t.Fatalf("parseContentRange(%q) = %d, %d: outside an object", contentRange, first, total)
+		if first, last, total, err := parseContentRange(contentRange); err == nil && (first < 0 || last < first || total <= last) {
+			t.Fatalf("parseContentRange(%q) = %d, %d, %d: outside an object", contentRange, first, last, total)
 		}
 
 		o, err := s.Open(ctx, "payments/p/c/x.tar.age")
