@@ -2,7 +2,9 @@ package service
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -30,6 +32,16 @@ func KubeConfig(kubeconfig string) (*rest.Config, error) {
 	return c, nil
 }
 
+// kubeCallTimeout bounds one TokenReview or SubjectAccessReview. The
+// client configuration sets no timeout, so an API server (or a load
+// balancer in front of it) that takes a review and never answers would
+// hold the request for as long as its caller waits — two minutes for a
+// ckvault client, for ever for an attacker's — with no answer and no
+// record. After this the review is unavailable: a recorded 503. 10 s is
+// k8s.io/apiserver's delegating authenticator's and authoriser's client
+// timeout.
+const kubeCallTimeout = 10 * time.Second
+
 // KubeTokenReviewer checks bearer tokens with TokenReview for Audience.
 type KubeTokenReviewer struct {
 	Client   *kubeapi.Client
@@ -46,11 +58,16 @@ func NewKubeTokenReviewer(cfg *rest.Config, audience string) (*KubeTokenReviewer
 }
 
 func (k *KubeTokenReviewer) Review(ctx context.Context, token string) (Identity, bool, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, kubeCallTimeout)
+	defer cancel()
 	tr := new(authenticationv1.TokenReview)
 	err := k.Client.Create(ctx, "/apis/authentication.k8s.io/v1/tokenreviews", &authenticationv1.TokenReview{
 		TypeMeta: metav1.TypeMeta{APIVersion: "authentication.k8s.io/v1", Kind: "TokenReview"},
 		Spec:     authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{k.Audience}},
 	}, tr)
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return Identity{}, false, "", fmt.Errorf("TokenReview: the API server did not answer within %s: %w", kubeCallTimeout, err)
+	}
 	if err != nil {
 		return Identity{}, false, "", fmt.Errorf("TokenReview: %w (the service needs create on tokenreviews.authentication.k8s.io)", err)
 	}
@@ -86,6 +103,8 @@ func NewSARAuthorizer(cfg *rest.Config) (*SARAuthorizer, error) {
 }
 
 func (a *SARAuthorizer) Authorize(ctx context.Context, id Identity, verb policy.ServeVerb, namespace string) (Decision, error) {
+	ctx, cancel := context.WithTimeout(ctx, kubeCallTimeout)
+	defer cancel()
 	r := new(authorizationv1.SubjectAccessReview)
 	err := a.Client.Create(ctx, "/apis/authorization.k8s.io/v1/subjectaccessreviews", &authorizationv1.SubjectAccessReview{
 		TypeMeta: metav1.TypeMeta{APIVersion: "authorization.k8s.io/v1", Kind: "SubjectAccessReview"},
@@ -96,6 +115,9 @@ func (a *SARAuthorizer) Authorize(ctx context.Context, id Identity, verb policy.
 			},
 		},
 	}, r)
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return Decision{}, fmt.Errorf("SubjectAccessReview: the API server did not answer within %s: %w", kubeCallTimeout, err)
+	}
 	if err != nil {
 		return Decision{}, fmt.Errorf("SubjectAccessReview: %w (the service needs create on subjectaccessreviews.authorization.k8s.io)", err)
 	}

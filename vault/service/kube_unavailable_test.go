@@ -172,7 +172,8 @@ func TestKubernetesUnavailableIsRecorded503(t *testing.T) {
 // down) and every connection it forwarded; "503" answers every request
 // with a 503 Status, as a load balancer in front of API servers that are
 // all gone does (over TLS with a certificate from the cluster's CA, which
-// the service's kubeconfig trusts).
+// the service's kubeconfig trusts); "hang" takes every request and never
+// answers it.
 type apiGate struct {
 	c    *testkube.Cluster
 	addr string
@@ -270,6 +271,21 @@ func (g *apiGate) set(t *testing.T, mode string) {
 		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{leaf}}
 		go srv.ServeTLS(ln, "", "")
 		g.stop = func() { srv.Close() }
+	case "hang":
+		// An API server (or a load balancer in front of it) that accepts
+		// the request and never answers.
+		leaf, err := g.c.CA.Leaf()
+		must(t, err)
+		release := make(chan struct{})
+		srv := &http.Server{Handler: http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}), ReadHeaderTimeout: 10 * time.Second}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{leaf}}
+		go srv.ServeTLS(ln, "", "")
+		g.stop = func() { close(release); srv.Close() }
 	default:
 		t.Fatalf("apiGate: no mode %q", mode)
 	}
