@@ -122,8 +122,7 @@ type Service struct {
 }
 
 type limiterEntry struct {
-	l    *rate.Limiter
-	seen time.Time
+	l *rate.Limiter
 }
 
 type metrics struct {
@@ -395,6 +394,28 @@ func (s *Service) unauthenticatedRecord(cw *countingWriter, r *http.Request, rou
 	return q, rec
 }
 
+// pruneLimiters makes room in a full table of limiters. First go the
+// limiters whose bucket is full again, which a new one would equal. If
+// more than three quarters are still there (more identities sent requests
+// lately than the table holds: a flood from many sources), arbitrary ones
+// go too — each of those identities starts afresh with a burst, which is
+// the price of bounded memory. Pruning to three quarters leaves room for a
+// quarter of the table before the next scan, so a flood of newcomers costs
+// no scan of the whole table each.
+func (s *Service) pruneLimiters(now time.Time) {
+	for k, v := range s.limiters {
+		if v.l.TokensAt(now) >= float64(s.rateBurst) {
+			delete(s.limiters, k)
+		}
+	}
+	for k := range s.limiters {
+		if len(s.limiters) <= maxCacheEntries*3/4 {
+			break
+		}
+		delete(s.limiters, k)
+	}
+}
+
 // allow applies the per-identity rate limit; it returns how long to wait
 // when the request must be refused.
 func (s *Service) allow(id Identity) (time.Duration, bool) {
@@ -405,16 +426,11 @@ func (s *Service) allow(id Identity) (time.Duration, bool) {
 	e := s.limiters[key]
 	if e == nil {
 		if len(s.limiters) >= maxCacheEntries {
-			for k, v := range s.limiters {
-				if now.Sub(v.seen) > time.Minute {
-					delete(s.limiters, k)
-				}
-			}
+			s.pruneLimiters(now)
 		}
 		e = &limiterEntry{l: rate.NewLimiter(s.rateLimit, s.rateBurst)}
 		s.limiters[key] = e
 	}
-	e.seen = now
 	res := e.l.ReserveN(now, 1)
 	if d := res.DelayFrom(now); d > 0 {
 		res.CancelAt(now)

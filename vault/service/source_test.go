@@ -41,3 +41,23 @@ func TestUnauthenticatedLimitPerIPv6Network(t *testing.T) {
 		t.Errorf("an IPv4 address: %d, want 401 (a limit of its own)", c)
 	}
 }
+
+// TestRateLimitTableBounded: the per-identity limiters (one per source
+// address or /64 for requests not authenticated yet) stay within
+// maxCacheEntries when more identities than that were seen within the
+// minute after which an idle limiter may go: the table grew without bound
+// (and every newcomer scanned it whole, under the lock every request
+// takes).
+func TestRateLimitTableBounded(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file"})
+	s := e.srv.Service
+	for i := range maxCacheEntries + 2000 {
+		s.allow(Identity{Kind: "unauthenticated", User: fmt.Sprintf("2001:db8:%x::/64", i)})
+	}
+	s.limMu.Lock()
+	n := len(s.limiters)
+	s.limMu.Unlock()
+	if n > maxCacheEntries {
+		t.Errorf("%d limiters after %d identities, want at most %d", n, maxCacheEntries+2000, maxCacheEntries)
+	}
+}
