@@ -110,6 +110,12 @@ func TestBucketPolicies(t *testing.T) {
 	allowed("node checks the bucket", nodeA.Check(ctx))
 	allowed("node exports its audit segment", put(nodeA, "audit/node-a/00000000000000000001-00000000000000000002.jsonl", store.Retention{}))
 	denied("node puts another node's checkpoint", put(nodeA, "payments/api-0/api/20261130T120000Z-node-b-0123456789ab.tar.age", store.Retention{}))
+	allowed("node puts a v2 checkpoint's object", put(nodeA, "payments/api-0/api/20261130T120002Z-node-a-0123456789abcdef.manifest.sigstore.json", store.Retention{}))
+	// S3's * matches anything, "/" included: "*-node-a-*" also matched the
+	// keys of a node whose name extends node-a's, and of any node's
+	// checkpoints of a pod a tenant named with "-node-a-" in it.
+	denied("node puts a checkpoint of a node whose name extends its own", put(nodeA, "payments/api-0/api/20261130T120000Z-node-a-1-0123456789abcdef.tar.age", store.Retention{}))
+	denied("node puts another node's checkpoint of a pod named after it", put(nodeA, "payments/web-node-a-1/web/20261130T120000Z-node-b-0123456789abcdef.manifest.json", store.Retention{}))
 	denied("node puts another node's audit segment", put(nodeA, "audit/node-b/00000000000000000001-00000000000000000002.jsonl", store.Retention{}))
 	denied("node puts outside the layout", put(nodeA, "elsewhere", store.Retention{}))
 	denied("node deletes (delete marker) its own manifest", nodeA.Delete(ctx, own+".manifest.json", ""))

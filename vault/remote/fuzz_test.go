@@ -33,7 +33,8 @@ func fuzzStore(a answerTransport) *Store {
 // Content-Range, Content-Length, body — the client neither panics nor
 // believes more than it may: a listing of a prefix yields only keys under
 // it, an object stream never yields more bytes than the size it settled
-// on, and a Content-Range it accepts is inside the object.
+// on, a Content-Range it accepts is inside the object, and a 206 is
+// accepted only for the bytes it was asked for.
 func FuzzClientAnswers(f *testing.F) {
 	f.Add(200, "", []byte(`{"items":[{"id":"a","base":"payments/p/c/x","objects":[{"key":"payments/p/c/x.manifest.json","size":3}],"manifest":"eyJ9","signatures":{".sig":"AA=="}}],"next":"payments/p/c/x"}`))
 	f.Add(200, "", []byte(`{"items":[{"base":"other/p/c/x","objects":[{"key":"other/p/c/x.tar.age","size":1}]}]}`))
@@ -84,6 +85,11 @@ func FuzzClientAnswers(f *testing.F) {
 		size := o.Info().Size
 		if size < 0 {
 			t.Fatalf("object size %d", size)
+		}
+		// A partial answer to a read from byte 0 is believed only if it
+		// announces bytes 0 to the end: its bytes go where it says.
+		if first, last, total, err := parseContentRange(contentRange); status == http.StatusPartialContent && (err != nil || first != 0 || last != total-1) {
+			t.Fatalf("Open accepted a 206 with Content-Range %q for a read from byte 0", contentRange)
 		}
 		n, _ := io.Copy(io.Discard, io.LimitReader(o, size+1<<20))
 		if n > size {

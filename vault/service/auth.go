@@ -77,7 +77,7 @@ func (s *Service) authenticate(r *http.Request) (Identity, error) {
 		// limited per source address, as every unauthenticated request
 		// is: made-up tokens cannot turn into a flood of reviews (and
 		// get the service's own reviews throttled there).
-		if wait, ok := s.allow(Identity{Kind: "unauthenticated", User: remoteHost(r)}); !ok {
+		if wait, ok := s.allow(unauthenticatedSource(r)); !ok {
 			return Identity{}, &reviewLimitedError{wait}
 		}
 	}

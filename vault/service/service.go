@@ -21,6 +21,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -306,7 +307,7 @@ func (s *Service) api(route string, h func(q *request) error) http.HandlerFunc {
 // anonymous requests costs the trail at most the burst per address. A
 // refusal that cannot be recorded is a 503, as for any request.
 func (s *Service) refuseUnauthenticated(cw *countingWriter, r *http.Request, route string, start time.Time, err error) {
-	anon := Identity{Kind: "unauthenticated", User: remoteHost(r)}
+	anon := unauthenticatedSource(r)
 	if wait, ok := s.allow(anon); !ok {
 		cw.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		writeError(cw, http.StatusTooManyRequests, remote.Error{Error: fmt.Sprintf("too many unauthenticated requests from %s; retry after %s", anon.User, wait.Round(time.Second))})
@@ -691,6 +692,22 @@ func verbOfObject(key string) (verb, namespace string, ok bool) {
 		return "audit", "", true
 	}
 	return "", "", false
+}
+
+// unauthenticatedSource is the identity under which requests not
+// authenticated yet are rate limited: the source address, or for IPv6 its
+// /64 — the network a single host or customer is routed, any of whose 2^64
+// addresses it may use, each of which would otherwise bring a fresh burst
+// of records and TokenReviews. Records still name the full address
+// (remoteHost).
+func unauthenticatedSource(r *http.Request) Identity {
+	h := remoteHost(r)
+	if a, err := netip.ParseAddr(h); err == nil && a.Is6() && !a.Is4In6() {
+		if p, err := a.WithZone("").Prefix(64); err == nil {
+			h = p.String()
+		}
+	}
+	return Identity{Kind: "unauthenticated", User: h}
 }
 
 // remoteHost is the client's address without the port, for logs.
