@@ -426,69 +426,95 @@ var errStop = errors.New("stop")
 // caller's authorisation, by namespace) is true, in base-key order, and the
 // cursor of the next page ("" when there are no more). It reads the index
 // only.
+//
+// visible may take seconds (a SubjectAccessReview), so it is never called
+// inside a transaction: a read transaction held that long would stall the
+// refresh's writes whenever the database grows (bbolt remaps only once
+// every reader is done), and every request queued behind them. Meeting a
+// namespace not yet decided, the scan ends its transaction, asks, and
+// resumes at that key in a new one.
 func (x *Index) List(q Query, visible func(namespace string) (bool, error)) ([]json.RawMessage, string, error) {
 	var out []json.RawMessage
 	next, last, size := "", "", 0
 	prefix := []byte(q.keyPrefix())
-	err := x.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketEntries).Cursor()
-		k, v := c.Seek(prefix)
-		if q.After != "" && q.After >= string(prefix) {
-			k, v = c.Seek([]byte(q.After))
-			if k != nil && string(k) == q.After {
-				k, v = c.Next()
-			}
-		}
-		for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			ns, _, inNS := strings.Cut(string(k), "/")
-			ok, err := visible(ns)
-			if err != nil {
-				return err
-			}
-			if !ok && !inNS {
-				// A key with no namespace directory (debris at the
-				// store's root): skip it alone. Seeking past ns+"0"
-				// would also skip "ns-x/..." and "ns.x/...", other
-				// namespaces, which sort between the two.
-				continue
-			}
-			if !ok {
-				// Skip the whole namespace at once: every key between
-				// "ns/" and "ns0" starts with "ns/".
-				k, v = c.Seek([]byte(ns + "0")) // '0' sorts right after '/'
-				if k == nil {
-					break
+	decided := map[string]bool{}
+	resume := "" // the key to go on from, once a namespace is decided
+	for {
+		undecided := ""
+		err := x.db.View(func(tx *bolt.Tx) error {
+			c := tx.Bucket(bucketEntries).Cursor()
+			var k, v []byte
+			switch {
+			case resume != "":
+				k, v = c.Seek([]byte(resume))
+			default:
+				k, v = c.Seek(prefix)
+				if q.After != "" && q.After >= string(prefix) {
+					k, v = c.Seek([]byte(q.After))
+					if k != nil && string(k) == q.After {
+						k, v = c.Next()
+					}
 				}
-				k, v = c.Prev()
-				continue
 			}
-			// Decode only what the filters need; the entry goes out as
-			// stored (its manifest and signatures are most of its bytes).
-			var e entryMeta
-			if err := json.Unmarshal(v, &e); err != nil {
-				return fmt.Errorf("index entry %s is corrupt (%v); rebuild the index (ckvault serve --rebuild-index, or delete %s)", k, err, x.db.Path())
+			for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+				ns, _, inNS := strings.Cut(string(k), "/")
+				ok, known := decided[ns]
+				if !known {
+					undecided, resume = ns, string(k)
+					return errStop
+				}
+				if !ok && !inNS {
+					// A key with no namespace directory (debris at the
+					// store's root): skip it alone. Seeking past ns+"0"
+					// would also skip "ns-x/..." and "ns.x/...", other
+					// namespaces, which sort between the two.
+					continue
+				}
+				if !ok {
+					// Skip the whole namespace at once: every key between
+					// "ns/" and "ns0" starts with "ns/".
+					k, v = c.Seek([]byte(ns + "0")) // '0' sorts right after '/'
+					if k == nil {
+						break
+					}
+					k, v = c.Prev()
+					continue
+				}
+				// Decode only what the filters need; the entry goes out as
+				// stored (its manifest and signatures are most of its bytes).
+				var e entryMeta
+				if err := json.Unmarshal(v, &e); err != nil {
+					return fmt.Errorf("index entry %s is corrupt (%v); rebuild the index (ckvault serve --rebuild-index, or delete %s)", k, err, x.db.Path())
+				}
+				if !q.match(&remote.Checkpoint{Namespace: e.Namespace, Pod: e.Pod, Container: e.Container, Node: e.Node, Checkpointed: e.Checkpointed}) {
+					continue
+				}
+				// A page ends at q.Limit entries, or before the entry that
+				// would take it past MaxPageBytes: the page is held in
+				// memory here and read whole by the client, and whoever
+				// writes to the store can make entries large.
+				if len(out) == q.Limit || len(out) > 0 && size+len(v) > MaxPageBytes {
+					next = last
+					return errStop
+				}
+				out = append(out, bytes.Clone(v))
+				size += len(v)
+				last = string(k)
 			}
-			if !q.match(&remote.Checkpoint{Namespace: e.Namespace, Pod: e.Pod, Container: e.Container, Node: e.Node, Checkpointed: e.Checkpointed}) {
-				continue
-			}
-			// A page ends at q.Limit entries, or before the entry that
-			// would take it past MaxPageBytes: the page is held in
-			// memory here and read whole by the client, and whoever
-			// writes to the store can make entries large.
-			if len(out) == q.Limit || len(out) > 0 && size+len(v) > MaxPageBytes {
-				next = last
-				return errStop
-			}
-			out = append(out, bytes.Clone(v))
-			size += len(v)
-			last = string(k)
+			return nil
+		})
+		if err != nil && !errors.Is(err, errStop) {
+			return nil, "", err
 		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errStop) {
-		return nil, "", err
+		if undecided == "" {
+			return out, next, nil
+		}
+		ok, err := visible(undecided)
+		if err != nil {
+			return nil, "", err
+		}
+		decided[undecided] = ok
 	}
-	return out, next, nil
 }
 
 // Get returns the entry of base.
