@@ -612,7 +612,14 @@ func (q *request) auditUnavailable(err error) {
 	q.s.m.auditFail.Inc()
 	q.s.log.Error("the audit trail refused a record; refusing the request", "actor", q.id.Actor(), "path", q.r.URL.Path, "err", err)
 	q.w.Header().Set("Retry-After", retryAfterUnavailable)
-	writeError(q.w, http.StatusServiceUnavailable, remote.Error{Error: "the service cannot record this request in its audit trail, so it serves nothing; retry later or tell the operator (" + err.Error() + ")"})
+	msg := "the service cannot record this request in its audit trail, so it serves nothing; retry later or tell the operator"
+	if q.id.Kind != "unauthenticated" {
+		// Nobody authenticated gets the trail's error (its file, the
+		// disk's state): the service's log has it, as /readyz keeps the
+		// store's.
+		msg += " (" + err.Error() + ")"
+	}
+	writeError(q.w, http.StatusServiceUnavailable, remote.Error{Error: msg})
 }
 
 // clip makes s a valid record field: valid UTF-8 (a request's path or

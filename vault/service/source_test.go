@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/checkpoint-vault/ckvault/audit"
@@ -59,5 +60,21 @@ func TestRateLimitTableBounded(t *testing.T) {
 	s.limMu.Unlock()
 	if n > maxCacheEntries {
 		t.Errorf("%d limiters after %d identities, want at most %d", n, maxCacheEntries+2000, maxCacheEntries)
+	}
+}
+
+// TestTrailFailureTellsUnauthenticatedNothing: when the trail cannot
+// record the refusal of a caller nobody has authenticated, the 503 says
+// so, not why — the trail's error (its file, the disk's state) is for the
+// service's log, as /readyz keeps the store's.
+func TestTrailFailureTellsUnauthenticatedNothing(t *testing.T) {
+	e := newEnv(t, envOptions{backend: "file"})
+	must(t, e.srv.Trail.Close())
+	a := e.get(e.client(""), "/v1/checkpoints")
+	if a.code != http.StatusServiceUnavailable {
+		t.Fatalf("anonymous, trail closed: %d %s, want 503", a.code, a.body)
+	}
+	if strings.Contains(string(a.body), audit.ErrClosed.Error()) || strings.Contains(string(a.body), audit.ErrNotRecorded.Error()) {
+		t.Errorf("the 503 to an unauthenticated caller tells the trail's error: %s", a.body)
 	}
 }
