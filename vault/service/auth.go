@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"slices"
 	"strings"
@@ -286,6 +289,10 @@ func (c *tokenCache) Review(ctx context.Context, token string) (Identity, bool, 
 	ttl := c.denyTTL
 	if ok {
 		ttl = c.allowTTL
+		if exp, has := tokenExpiry(token); has {
+			// Never remember an acceptance past the token's own expiry.
+			ttl = min(ttl, exp.Sub(now))
+		}
 	}
 	c.mu.Lock()
 	if len(c.m) >= maxCacheEntries {
@@ -294,6 +301,39 @@ func (c *tokenCache) Review(ctx context.Context, token string) (Identity, bool, 
 	c.m[k] = tokenAnswer{id, ok, reason, now.Add(ttl)}
 	c.mu.Unlock()
 	return id, ok, reason, nil
+}
+
+// maxTokenBytes bounds the tokens tokenExpiry reads (service-account
+// tokens are about 1 KiB).
+const maxTokenBytes = 16 << 10
+
+// tokenExpiry reads the exp claim of a JWT in compact form, unverified: the
+// API server has just accepted the token, and the time only shortens how
+// long that answer is remembered. A token that is not a JWT with a numeric
+// exp has none.
+func tokenExpiry(token string) (time.Time, bool) {
+	if len(token) > maxTokenBytes {
+		return time.Time{}, false
+	}
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return time.Time{}, false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return time.Time{}, false
+	}
+	var claims struct {
+		Exp *json.Number `json:"exp"`
+	}
+	if json.Unmarshal(payload, &claims) != nil || claims.Exp == nil {
+		return time.Time{}, false
+	}
+	sec, err := claims.Exp.Float64()
+	if err != nil || math.IsNaN(sec) || sec < 0 || sec > 1<<40 {
+		return time.Time{}, false
+	}
+	return time.Unix(int64(sec), 0), true
 }
 
 // Decision is an authoriser's answer.

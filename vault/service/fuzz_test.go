@@ -3,10 +3,12 @@ package service
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/checkpoint-vault/ckvault/audit"
@@ -132,6 +134,34 @@ func FuzzAuditQuery(f *testing.F) {
 			if i > 0 && (flt.Newest && r.Seq >= p.Records[i-1].Seq || !flt.Newest && r.Seq <= p.Records[i-1].Seq) {
 				t.Fatalf("%q: records out of order (newest=%v): %d after %d", raw, flt.Newest, r.Seq, p.Records[i-1].Seq)
 			}
+		}
+	})
+}
+
+// FuzzTokenExpiry: any bearer token either has no expiry or one read from
+// a numeric exp claim of a three-part compact JWT, within Unix time; the
+// JWT a test builds round-trips.
+func FuzzTokenExpiry(f *testing.F) {
+	jwt := func(claims string) string {
+		return "eyJhbGciOiJFUzI1NiJ9." + base64.RawURLEncoding.EncodeToString([]byte(claims)) + ".c2ln"
+	}
+	for _, s := range []string{"", "garbage", "a.b.c", jwt(`{"exp":1700000000}`), jwt(`{"exp":1.7e9}`), jwt(`{"exp":"soon"}`),
+		jwt(`{"exp":-1}`), jwt(`{"exp":1e300}`), jwt(`{}`), jwt(`{"exp":1700000000`)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, token string) {
+		exp, ok := tokenExpiry(token)
+		if !ok {
+			if !exp.IsZero() {
+				t.Fatalf("no expiry, but a time %v", exp)
+			}
+			return
+		}
+		if strings.Count(token, ".") != 2 || len(token) > maxTokenBytes || exp.Unix() < 0 || exp.Unix() > 1<<40 {
+			t.Fatalf("expiry %v from %q", exp, token)
+		}
+		if back, ok := tokenExpiry(jwt(fmt.Sprintf(`{"exp":%d}`, exp.Unix()))); !ok || !back.Equal(exp) {
+			t.Fatalf("expiry %v does not round-trip: %v %v", exp, back, ok)
 		}
 	})
 }
