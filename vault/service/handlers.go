@@ -236,8 +236,9 @@ func (s *Service) resolveShortID(q *request, prefix, verbName string) (string, e
 		d, err := s.authz.Authorize(q.r.Context(), q.id, verb, ns)
 		if err != nil {
 			// Which checkpoints the id may name is unknown: neither a
-			// 404 nor a pick among the others, but a recorded 503.
-			return "", q.authzUnavailable(verbName, ns, clip(fmt.Sprintf("id:%q", prefix)), err)
+			// 404 nor a pick among the others, but a recorded 503 that
+			// does not name ns (the caller may not know of it).
+			return "", q.authzUnavailable(verbName, ns, clip(fmt.Sprintf("id:%q", prefix)), err, false)
 		}
 		if d.Allowed {
 			mine = append(mine, b)

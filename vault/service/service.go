@@ -449,7 +449,7 @@ func (q *request) authorize(verbName, namespace, subject string) bool {
 	}
 	d, err := q.s.authz.Authorize(q.r.Context(), q.id, verb, namespace)
 	if err != nil {
-		q.authzUnavailable(verbName, namespace, subject, err)
+		q.authzUnavailable(verbName, namespace, subject, err, true)
 		return false
 	}
 	if d.Allowed {
@@ -496,7 +496,11 @@ func (e *noDecisionError) Unwrap() error { return e.err }
 // that fails allows nothing, and the attempt is in the trail. A refusal
 // that cannot be recorded is a 503 too. It returns the error, for the
 // handler's log.
-func (q *request) authzUnavailable(verbName, namespace, subject string, err error) error {
+//
+// tell says whether the answer may name the namespace: not when the
+// caller did not name it (a short id it resolves), since it may not be
+// allowed to know that a checkpoint there exists.
+func (q *request) authzUnavailable(verbName, namespace, subject string, err error, tell bool) error {
 	nd := &noDecisionError{err}
 	q.s.log.Error("the authoriser could not decide; refusing the request", "actor", q.id.Actor(), "verb", verbName, "namespace", namespace, "err", err)
 	rec := q.baseRecord("denied", subject, namespace)
@@ -511,10 +515,14 @@ func (q *request) authzUnavailable(verbName, namespace, subject string, err erro
 		return nd
 	}
 	q.w.Header().Set("Retry-After", retryAfterUnavailable)
+	where, ns := whereOf(namespace), namespace
+	if !tell {
+		where, ns = "the namespace of what you named", ""
+	}
 	writeError(q.w, http.StatusServiceUnavailable, remote.Error{
 		Error: fmt.Sprintf("the service cannot decide right now whether %s may %s in %s (its authoriser did not answer); nothing was served and the attempt is recorded; retry after %s seconds, and tell the operator if it persists",
-			q.id.Actor(), verbName, whereOf(namespace), retryAfterUnavailable),
-		Verb: verbName, Namespace: namespace,
+			q.id.Actor(), verbName, where, retryAfterUnavailable),
+		Verb: verbName, Namespace: ns,
 	})
 	return nd
 }
