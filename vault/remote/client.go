@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/checkpoint-vault/ckvault/audit"
@@ -50,6 +51,8 @@ type Store struct {
 	hc      *http.Client
 	cfg     Config
 	retries int
+	// idle bounds the wait for the next byte of an answer (idleBody).
+	idle time.Duration
 
 	mu sync.Mutex
 	// inline holds the small objects (manifests, signatures) a listing
@@ -128,7 +131,46 @@ func New(cfg Config) (*Store, error) {
 		cfg.Retries = 5
 	}
 	u.Path = ""
-	return &Store{base: u, hc: &http.Client{Transport: tr}, cfg: cfg, retries: cfg.Retries, inline: map[string]inlineObject{}}, nil
+	return &Store{base: u, hc: &http.Client{Transport: tr}, cfg: cfg, retries: cfg.Retries, idle: idleTimeout, inline: map[string]inlineObject{}}, nil
+}
+
+// idleTimeout is how long the client waits for the next byte of an
+// answer. The service gives up on a stream that cannot progress for a
+// minute (its write deadline), so twice that is never a healthy service's
+// pause; over HTTP/1.1 nothing else tells the client that a connection is
+// dead, or that a (malicious) service stalls on purpose.
+const idleTimeout = 2 * time.Minute
+
+// idleBody is an answer's body whose Read gives up after d without a
+// byte: it closes the body (which ends the Read) and returns an error, so
+// that a download resumes with Range as after a broken connection, and a
+// listing fails, instead of waiting for ever.
+type idleBody struct {
+	rc    io.ReadCloser
+	d     time.Duration
+	t     *time.Timer
+	fired atomic.Bool
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	if b.t == nil {
+		b.t = time.AfterFunc(b.d, func() { b.fired.Store(true); b.rc.Close() })
+	} else {
+		b.t.Reset(b.d)
+	}
+	n, err := b.rc.Read(p)
+	b.t.Stop()
+	if b.fired.Load() {
+		return n, fmt.Errorf("the service sent nothing for %s", b.d)
+	}
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	if b.t != nil {
+		b.t.Stop()
+	}
+	return b.rc.Close()
 }
 
 // Describe names the service.
@@ -220,6 +262,7 @@ func (s *Store) doBody(ctx context.Context, method, path string, q url.Values, h
 			continue
 		}
 		if resp.StatusCode < 300 {
+			resp.Body = &idleBody{rc: resp.Body, d: s.idle}
 			return resp, nil
 		}
 		se := readError(resp, u.Path)

@@ -26,7 +26,7 @@ func (a answerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 func fuzzStore(a answerTransport) *Store {
 	u, _ := url.Parse("https://vault.example:8443")
-	return &Store{base: u, hc: &http.Client{Transport: a}, cfg: Config{Token: "t"}, retries: 1, inline: map[string]inlineObject{}}
+	return &Store{base: u, hc: &http.Client{Transport: a}, cfg: Config{Token: "t"}, retries: 1, idle: idleTimeout, inline: map[string]inlineObject{}}
 }
 
 // FuzzClientAnswers: whatever a (malicious) service answers — status,

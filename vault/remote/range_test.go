@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // TestRangeAnswersMustMatch: a malicious service over HTTP/1.1 answers
@@ -109,5 +110,63 @@ func brokenAfter(w http.ResponseWriter, obj string, n int) {
 	if err == nil {
 		buf.Flush()
 		conn.Close()
+	}
+}
+
+// TestStalledAnswerResumes: a service that announces an object, sends part
+// of it and then neither sends more nor hangs up (over HTTP/1.1 nothing
+// else tells the client the connection is dead) is given up on after the
+// client's idle timeout, and the download resumes with Range like one
+// whose connection broke — instead of the client waiting for ever.
+func TestStalledAnswerResumes(t *testing.T) {
+	const obj = "0123456789"
+	release := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Range") == "" {
+			w.Header().Set("Content-Length", "10")
+			io.WriteString(w, obj[:4])
+			w.(http.Flusher).Flush()
+			select { // stall
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		partial(w, 4, 9, obj)
+	}))
+	srv.StartTLS()
+	defer srv.Close()
+	defer close(release) // before Close, which waits for the stalled handler
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Server: srv.URL, CAFile: ca, Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.idle = 500 * time.Millisecond
+	done := make(chan string, 1)
+	go func() {
+		o, err := s.Open(context.Background(), "payments/p/c/x.tar.age")
+		if err != nil {
+			done <- "open: " + err.Error()
+			return
+		}
+		defer o.Close()
+		b, err := io.ReadAll(o)
+		if err != nil {
+			done <- "read: " + err.Error()
+			return
+		}
+		done <- string(b)
+	}()
+	select {
+	case got := <-done:
+		if got != obj {
+			t.Errorf("download of a stalled answer: %q, want %q (resumed)", got, obj)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the client still waits, 30 s after the service stalled with an idle timeout of 0.5 s")
 	}
 }
