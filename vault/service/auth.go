@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/checkpoint-vault/ckvault/policy"
@@ -246,40 +245,32 @@ const (
 type tokenCache struct {
 	next              TokenReviewer
 	allowTTL, denyTTL time.Duration
-	mu                sync.Mutex
-	m                 map[[32]byte]tokenAnswer
+	answers           *answerCache[[32]byte, tokenAnswer]
 }
 
 type tokenAnswer struct {
-	id      Identity
-	ok      bool
-	reason  string
-	expires time.Time
+	id     Identity
+	ok     bool
+	reason string
 }
 
 const maxCacheEntries = 100_000
 
 func newTokenCache(next TokenReviewer, allowTTL, denyTTL time.Duration) *tokenCache {
-	return &tokenCache{next: next, allowTTL: allowTTL, denyTTL: denyTTL, m: map[[32]byte]tokenAnswer{}}
+	return &tokenCache{next: next, allowTTL: allowTTL, denyTTL: denyTTL, answers: newAnswerCache[[32]byte, tokenAnswer]()}
 }
 
 // seen reports whether token has an answer in the cache that has not
 // expired: accepting or rejecting it costs no review.
 func (c *tokenCache) seen(token string) bool {
-	k := sha256.Sum256([]byte(token))
-	c.mu.Lock()
-	a, hit := c.m[k]
-	c.mu.Unlock()
-	return hit && time.Now().Before(a.expires)
+	_, hit := c.answers.get(sha256.Sum256([]byte(token)), time.Now())
+	return hit
 }
 
 func (c *tokenCache) Review(ctx context.Context, token string) (Identity, bool, string, error) {
 	k := sha256.Sum256([]byte(token))
 	now := time.Now()
-	c.mu.Lock()
-	a, hit := c.m[k]
-	c.mu.Unlock()
-	if hit && now.Before(a.expires) {
+	if a, hit := c.answers.get(k, now); hit {
 		return a.id, a.ok, a.reason, nil
 	}
 	id, ok, reason, err := c.next.Review(ctx, token)
@@ -294,12 +285,7 @@ func (c *tokenCache) Review(ctx context.Context, token string) (Identity, bool, 
 			ttl = min(ttl, exp.Sub(now))
 		}
 	}
-	c.mu.Lock()
-	if len(c.m) >= maxCacheEntries {
-		clear(c.m) // crude but bounded; a flood of distinct tokens only costs reviews
-	}
-	c.m[k] = tokenAnswer{id, ok, reason, now.Add(ttl)}
-	c.mu.Unlock()
+	c.answers.put(k, tokenAnswer{id, ok, reason}, ok, now, now.Add(ttl))
 	return id, ok, reason, nil
 }
 
@@ -389,27 +375,18 @@ func contains(list []string, s string) bool {
 type cachingAuthorizer struct {
 	next              Authorizer
 	allowTTL, denyTTL time.Duration
-	mu                sync.Mutex
-	m                 map[string]cachedDecision
-}
-
-type cachedDecision struct {
-	d       Decision
-	expires time.Time
+	answers           *answerCache[string, Decision]
 }
 
 func newCachingAuthorizer(next Authorizer, allowTTL, denyTTL time.Duration) *cachingAuthorizer {
-	return &cachingAuthorizer{next: next, allowTTL: allowTTL, denyTTL: denyTTL, m: map[string]cachedDecision{}}
+	return &cachingAuthorizer{next: next, allowTTL: allowTTL, denyTTL: denyTTL, answers: newAnswerCache[string, Decision]()}
 }
 
 func (c *cachingAuthorizer) Authorize(ctx context.Context, id Identity, verb policy.ServeVerb, namespace string) (Decision, error) {
 	k := strings.Join([]string{id.Kind, id.User, id.UID, strings.Join(id.Groups, "\x00"), verb.Name, namespace}, "\x01")
 	now := time.Now()
-	c.mu.Lock()
-	cd, hit := c.m[k]
-	c.mu.Unlock()
-	if hit && now.Before(cd.expires) {
-		return cd.d, nil
+	if d, hit := c.answers.get(k, now); hit {
+		return d, nil
 	}
 	d, err := c.next.Authorize(ctx, id, verb, namespace)
 	if err != nil {
@@ -419,11 +396,6 @@ func (c *cachingAuthorizer) Authorize(ctx context.Context, id Identity, verb pol
 	if d.Allowed {
 		ttl = c.allowTTL
 	}
-	c.mu.Lock()
-	if len(c.m) >= maxCacheEntries {
-		clear(c.m)
-	}
-	c.m[k] = cachedDecision{d, now.Add(ttl)}
-	c.mu.Unlock()
+	c.answers.put(k, d, d.Allowed, now, now.Add(ttl))
 	return d, nil
 }
