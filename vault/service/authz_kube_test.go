@@ -2,9 +2,7 @@ package service
 
 import (
 	"bytes"
-	"fmt"
 	"net/http"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -31,11 +29,7 @@ func TestAuthorisationTableAllIdentityKinds(t *testing.T) {
 		c.CreateNamespace(t, ns)
 	}
 	// Names of this test's own (the API server is shared with other tests).
-	tns := c.Namespace(t)
-	c.ServiceAccount(t, tns, "serve")
-	c.GrantCluster(t, tns+"-serve-delegator", testkube.AuthDelegator, testkube.SA(tns, "serve"))
-	kc := filepath.Join(t.TempDir(), "kubeconfig")
-	must(t, c.WriteKubeconfig(kc, c.Token(t, tns, "serve", "https://kubernetes.default.svc", time.Hour)))
+	tns, kube := delegatingService(t, c, "")
 	for _, sa := range []string{"responder", "idle", "auditor"} {
 		c.ServiceAccount(t, tns, sa)
 	}
@@ -51,7 +45,7 @@ func TestAuthorisationTableAllIdentityKinds(t *testing.T) {
 	// a second or two; the per-address limit on them (its own tests) would
 	// answer 429 for the rest, so it is raised here.
 	e := newEnv(t, envOptions{backend: "file", noRoles: true, serveExtra: "  rateLimit: 1000\n  rateBurst: 1000\n",
-		kubernetes: fmt.Sprintf("  kubernetes:\n    kubeconfig: %s\n    audience: vault\n    authorize: true\n", kc)})
+		kubernetes: kube})
 	for _, id := range []struct{ name, cn, org string }{
 		{"table-responder", certUser, ""}, {"table-idle", idleUser, ""}, {"table-auditor", tns + "-carol", auditGroup},
 	} {

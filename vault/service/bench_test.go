@@ -1,15 +1,11 @@
 package service
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/checkpoint-vault/ckvault/vault/remote"
-	"github.com/checkpoint-vault/ckvault/vault/store/filestore"
 )
 
 // BenchmarkIndexListNamespace lists one namespace (100 checkpoints) among
@@ -20,15 +16,7 @@ import (
 func BenchmarkIndexListNamespace(b *testing.B) {
 	for _, n := range []int{10_000, 100_000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			st, err := filestore.New(b.TempDir())
-			if err != nil {
-				b.Fatal(err)
-			}
-			x, err := OpenIndex(filepath.Join(b.TempDir(), "index.db"), st, nil, slog.Default())
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer x.Close()
+			x := openTestIndex(b)
 			man := make([]byte, 1500)
 			sig := make([]byte, 100)
 			bundle := make([]byte, 1500)
@@ -59,5 +47,3 @@ func BenchmarkIndexListNamespace(b *testing.B) {
 		})
 	}
 }
-
-var _ = context.Background

@@ -20,15 +20,7 @@ import (
 // request behind them. The listing still shows exactly the entries of the
 // namespaces allowed, in order, page by page.
 func TestListDecidesOutsideTransactions(t *testing.T) {
-	st, err := filestore.New(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	x, err := OpenIndex(filepath.Join(t.TempDir(), "index.db"), st, nil, slog.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer x.Close()
+	x := openTestIndex(t)
 	t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 	var entries []remote.Checkpoint
 	for _, ns := range []string{"alpha", "bravo", "bravo-x", "charlie", "delta"} {
@@ -81,4 +73,16 @@ func TestListDecidesOutsideTransactions(t *testing.T) {
 			t.Errorf("asked about %s %d times across 8 pages", ns, n)
 		}
 	}
+}
+
+// openTestIndex opens an empty index over an empty file store; it is
+// closed when the test ends.
+func openTestIndex(tb testing.TB) *Index {
+	tb.Helper()
+	st, err := filestore.New(tb.TempDir())
+	must(tb, err)
+	x, err := OpenIndex(filepath.Join(tb.TempDir(), "index.db"), st, nil, slog.Default())
+	must(tb, err)
+	tb.Cleanup(func() { x.Close() })
+	return x
 }

@@ -1,11 +1,7 @@
 package service
 
 import (
-	"bytes"
-	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,23 +21,16 @@ import (
 func TestKubernetesHangingIsRecorded503(t *testing.T) {
 	c := testkube.Shared(t)
 	c.CreateNamespace(t, "payments")
-	tns := c.Namespace(t)
-	c.ServiceAccount(t, tns, "serve")
-	c.GrantCluster(t, tns+"-serve-delegator", testkube.AuthDelegator, testkube.SA(tns, "serve"))
+	gate := newAPIGate(t, c)
+	tns, kube := delegatingService(t, c, gate.url())
 	c.ServiceAccount(t, tns, "responder")
 	certUser := tns + "-responder"
 	c.Grant(t, "payments", tns+"-responders", []rbacv1.PolicyRule{{
 		APIGroups: []string{"vault.ckvault.dev"}, Resources: []string{"checkpoints"}, Verbs: []string{"list"},
 	}}, testkube.SA(tns, "responder"), testkube.User(certUser))
 
-	gate := newAPIGate(t, c)
-	kc := filepath.Join(t.TempDir(), "kubeconfig")
-	must(t, c.WriteKubeconfig(kc, c.Token(t, tns, "serve", testkube.APIAudience, time.Hour)))
-	b, err := os.ReadFile(kc)
-	must(t, err)
-	must(t, os.WriteFile(kc, bytes.ReplaceAll(b, []byte(c.URL), []byte(gate.url())), 0o600))
 	e := newEnv(t, envOptions{backend: "file", noRoles: true,
-		kubernetes: fmt.Sprintf("  kubernetes:\n    kubeconfig: %s\n    audience: vault\n    authorize: true\n", kc)})
+		kubernetes: kube})
 	cf, kf, err := e.ca.IssueClient(e.dir, "hang-responder", certUser, "")
 	must(t, err)
 	e.certs["hang-responder"] = [2]string{cf, kf}

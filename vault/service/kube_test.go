@@ -1,7 +1,6 @@
 package service
 
 import (
-	"fmt"
 	"net/http"
 	"path/filepath"
 	"testing"
@@ -48,8 +47,7 @@ func TestKubernetesTokensAndSubjectAccessReview(t *testing.T) {
 		APIGroups: []string{"vault.ckvault.dev"}, Resources: []string{"auditevents"}, Verbs: []string{"list"},
 	}}, testkube.Group("auditors"))
 
-	e := newEnv(t, envOptions{backend: "file", noRoles: true, kubernetes: fmt.Sprintf(
-		"  kubernetes:\n    kubeconfig: %s\n    audience: vault\n    authorize: true\n", kc)})
+	e := newEnv(t, envOptions{backend: "file", noRoles: true, kubernetes: kubernetesBlock(kc)})
 	alice := c.Token(t, "ir", "alice", "vault", time.Hour)
 	pay, oth := e.vaulted["payments"][0].Object, e.vaulted["other"][0].Object
 	anon := e.client("")

@@ -4,12 +4,9 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -41,24 +38,16 @@ func TestKubernetesUnavailableIsRecorded503(t *testing.T) {
 	for _, ns := range []string{"payments", "other"} {
 		c.CreateNamespace(t, ns)
 	}
-	tns := c.Namespace(t)
-	c.ServiceAccount(t, tns, "serve")
-	c.GrantCluster(t, tns+"-serve-delegator", testkube.AuthDelegator, testkube.SA(tns, "serve"))
+	gate := newAPIGate(t, c)
+	tns, kube := delegatingService(t, c, gate.url())
 	c.ServiceAccount(t, tns, "responder")
 	certUser := tns + "-responder"
 	c.Grant(t, "payments", tns+"-responders", []rbacv1.PolicyRule{{
 		APIGroups: []string{"vault.ckvault.dev"}, Resources: []string{"checkpoints"}, Verbs: []string{"list", "get", "fetch"},
 	}}, testkube.SA(tns, "responder"), testkube.User(certUser))
 
-	gate := newAPIGate(t, c)
-	kc := filepath.Join(t.TempDir(), "kubeconfig")
-	must(t, c.WriteKubeconfig(kc, c.Token(t, tns, "serve", testkube.APIAudience, time.Hour)))
-	b, err := os.ReadFile(kc)
-	must(t, err)
-	must(t, os.WriteFile(kc, bytes.ReplaceAll(b, []byte(c.URL), []byte(gate.url())), 0o600))
-
 	e := newEnv(t, envOptions{backend: "file", noRoles: true, serveExtra: "  rateLimit: 1000\n  rateBurst: 1000\n",
-		kubernetes: fmt.Sprintf("  kubernetes:\n    kubeconfig: %s\n    audience: vault\n    authorize: true\n", kc)})
+		kubernetes: kube})
 	cf, kf, err := e.ca.IssueClient(e.dir, "unavail-responder", certUser, "")
 	must(t, err)
 	e.certs["unavail-responder"] = [2]string{cf, kf}

@@ -49,8 +49,7 @@ func TestRedteamTokenFloodCostsFewReviews(t *testing.T) {
 		APIGroups: []string{"vault.ckvault.dev"}, Resources: []string{"checkpoints"}, Verbs: []string{"list", "get", "fetch"},
 	}}, testkube.SA("ir", "rt-alice"))
 
-	e := newEnv(t, envOptions{backend: "file", noRoles: true, noStart: true, kubernetes: fmt.Sprintf(
-		"  kubernetes:\n    kubeconfig: %s\n    audience: vault\n    authorize: true\n", kc)})
+	e := newEnv(t, envOptions{backend: "file", noRoles: true, noStart: true, kubernetes: kubernetesBlock(kc)})
 	rc, err := KubeConfig(kc)
 	must(t, err)
 	real, err := NewKubeTokenReviewer(rc, "vault")

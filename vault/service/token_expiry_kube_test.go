@@ -1,9 +1,7 @@
 package service
 
 import (
-	"fmt"
 	"net/http"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -24,19 +22,12 @@ import (
 func TestCachedTokenEndsAtItsExpiry(t *testing.T) {
 	c := testkube.Shared(t)
 	c.CreateNamespace(t, "payments")
-	tns := c.Namespace(t)
-	c.ServiceAccount(t, tns, "serve")
-	c.GrantCluster(t, tns+"-serve-delegator", testkube.AuthDelegator, testkube.SA(tns, "serve"))
-	kc := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := c.WriteKubeconfig(kc, c.Token(t, tns, "serve", "https://kubernetes.default.svc", time.Hour)); err != nil {
-		t.Fatal(err)
-	}
+	tns, kube := delegatingService(t, c, "")
 	c.ServiceAccount(t, tns, "brief")
 	c.Grant(t, "payments", tns+"-brief", []rbacv1.PolicyRule{{
 		APIGroups: []string{"vault.ckvault.dev"}, Resources: []string{"checkpoints"}, Verbs: []string{"list"},
 	}}, testkube.SA(tns, "brief"))
-	e := newEnv(t, envOptions{backend: "file", noRoles: true, kubernetes: fmt.Sprintf(
-		"  kubernetes:\n    kubeconfig: %s\n    audience: vault\n    authorize: true\n", kc)})
+	e := newEnv(t, envOptions{backend: "file", noRoles: true, kubernetes: kube})
 
 	const leeway = 60 * time.Second // the API server's, past exp
 	exp := time.Now().Add(2*time.Second - leeway)

@@ -2,7 +2,6 @@ package service
 
 import (
 	"bytes"
-	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -44,8 +43,7 @@ func TestVerbsThroughSubjectAccessReview(t *testing.T) {
 	c.Grant(t, "payments", "svcverbs-fetchers", rule("fetch"), testkube.SA(irNS, "fetcher"))
 	c.GrantCluster(t, "svcverbs-retention", rule("gc"), testkube.SA(irNS, "retention"))
 
-	e := newEnv(t, envOptions{backend: "file", noRoles: true, kubernetes: fmt.Sprintf(
-		"  kubernetes:\n    kubeconfig: %s\n    audience: vault\n    authorize: true\n", kc)})
+	e := newEnv(t, envOptions{backend: "file", noRoles: true, kubernetes: kubernetesBlock(kc)})
 	e.restartWith(t, e.st, nil, "no retention credentials in this test")
 	pay, oth := e.vaulted["payments"][0].Object, e.vaulted["other"][0].Object
 	report := mustJSON(okReport())
