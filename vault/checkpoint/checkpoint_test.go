@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -316,13 +317,16 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
+// BenchmarkInspector feeds the Inspector as the daemon's seal pipeline
+// does, in 1 MiB writes.
 func BenchmarkInspector(b *testing.B) {
 	data := archive(b, samplearchive.Options{MemoryBytes: 256 << 20})
+	buf := make([]byte, 1<<20)
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	for b.Loop() {
 		in := NewInspector(Limits{})
-		if _, err := io.Copy(in, onlyReader{bytes.NewReader(data)}); err != nil {
+		if _, err := io.CopyBuffer(in, onlyReader{bytes.NewReader(data)}, buf); err != nil {
 			b.Fatal(err)
 		}
 		if _, err := in.Finish(); err != nil {
@@ -343,4 +347,64 @@ func FuzzParseFilename(f *testing.F) {
 			t.Fatalf("ParseFilename(%q) = %+v", name, fn)
 		}
 	})
+}
+
+// FuzzInspectorAgreesWithParse: however the archive is cut into writes,
+// the Inspector (which skips member contents in place) reaches the same
+// verdict, with the same error text and the same Info, as Parse reading
+// it as a plain stream.
+func FuzzInspectorAgreesWithParse(f *testing.F) {
+	small := archive(f, samplearchive.Options{MemoryBytes: 3000})
+	f.Add(small, []byte{1, 7, 200})
+	f.Add(small[:len(small)-700], []byte{0})
+	f.Add(append(append([]byte{}, small...), 1), []byte{3})
+	for _, s := range hostiletar.Seeds(small) {
+		f.Add(s, []byte{5, 64})
+	}
+	f.Fuzz(func(t *testing.T, data, cuts []byte) {
+		want, wantErr := parse(data)
+		in := NewInspector(Limits{})
+		rest := data
+		for i := 0; len(rest) > 0; i++ {
+			n := len(rest)
+			if len(cuts) > 0 {
+				n = min(n, 1+int(cuts[i%len(cuts)])*int(cuts[i%len(cuts)]))
+			}
+			if _, err := in.Write(rest[:n]); err != nil {
+				break // the parser has refused the archive
+			}
+			rest = rest[n:]
+		}
+		got, gotErr := in.Finish()
+		if (wantErr == nil) != (gotErr == nil) || (wantErr != nil && wantErr.Error() != gotErr.Error()) {
+			t.Fatalf("Parse: %v; Inspector: %v", wantErr, gotErr)
+		}
+		if wantErr == nil && !reflect.DeepEqual(want, got) {
+			t.Fatalf("Parse: %+v\nInspector: %+v", want, got)
+		}
+	})
+}
+
+// TestInspectorAbortWhileSkipping: a read error while the parser is
+// skipping a member's contents ends the parse without a verdict, and
+// neither side is left waiting.
+func TestInspectorAbortWhileSkipping(t *testing.T) {
+	data := archive(t, samplearchive.Options{MemoryBytes: 4 << 20})
+	in := NewInspector(Limits{})
+	if _, err := in.Write(data[:1<<20]); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		in.Abort(errors.New("disk error"))
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Abort did not return")
+	}
+	if _, err := in.Finish(); err == nil || !strings.Contains(err.Error(), "disk error") {
+		t.Errorf("after Abort, Finish = %v; want the read error", err)
+	}
 }

@@ -12,7 +12,8 @@ import (
 
 // Inspector parses an archive from the bytes written to it. It is safe to
 // use as one branch of an io.MultiWriter: Write blocks until the parser has
-// consumed the bytes (through an io.Pipe), and fails as soon as the parser
+// consumed the bytes (through a feed, which skips member contents in
+// place), and fails as soon as the parser
 // has rejected the archive, so a non-tar file stops the read early.
 //
 // A Write never blocks for longer than parsing its own bytes takes: the
@@ -24,7 +25,7 @@ import (
 // Write must not be called concurrently; Finish must be called exactly
 // once, after the last Write (also on error paths, to stop the goroutine).
 type Inspector struct {
-	pw   *io.PipeWriter
+	f    *feed
 	done chan struct{}
 	info *Info
 	err  error
@@ -32,16 +33,15 @@ type Inspector struct {
 
 // NewInspector starts the parsing goroutine.
 func NewInspector(lim Limits) *Inspector {
-	pr, pw := io.Pipe()
-	in := &Inspector{pw: pw, done: make(chan struct{})}
+	in := &Inspector{f: newFeed(), done: make(chan struct{})}
 	go func() {
 		defer close(in.done)
-		in.info, in.err = Parse(pr, lim)
+		in.info, in.err = Parse(in.f, lim)
 		// Unblock a writer still writing after the parser returned: with
 		// an error it sees that error; after success it sees only zero
 		// padding (Parse read to EOF), so this is never reached with data
 		// pending unless Parse failed.
-		pr.CloseWithError(errOr(in.err, errParserDone))
+		in.f.closeRead(errOr(in.err, errParserDone))
 	}()
 	return in
 }
@@ -57,7 +57,7 @@ func errOr(err, def error) error {
 
 // Write feeds archive bytes to the parser.
 func (in *Inspector) Write(p []byte) (int, error) {
-	n, err := in.pw.Write(p)
+	n, err := in.f.Write(p)
 	if err != nil {
 		return n, fmt.Errorf("checkpoint: %w", err)
 	}
@@ -67,14 +67,14 @@ func (in *Inspector) Write(p []byte) (int, error) {
 // Finish signals the end of the archive and returns what the parser found.
 // The Info is only meaningful when the error is nil.
 func (in *Inspector) Finish() (*Info, error) {
-	in.pw.Close()
+	in.f.closeWrite(nil)
 	<-in.done
 	return in.info, in.err
 }
 
 // Abort stops the parser without a verdict (the caller's read failed).
 func (in *Inspector) Abort(err error) {
-	in.pw.CloseWithError(errOr(err, errors.New("aborted")))
+	in.f.closeWrite(errOr(err, errors.New("aborted")))
 	<-in.done
 }
 
@@ -378,7 +378,30 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	if err != nil && err != io.EOF {
 		c.err = err
 	}
-	b := p[:n]
+	c.note(p[:n])
+	return n, err
+}
+
+// Seek(n, io.SeekCurrent) skips n bytes: archive/tar calls it to pass over
+// member contents. Only an archive that comes through a feed (the
+// Inspector's) is skipped in place; any other reader says it cannot seek,
+// and archive/tar reads instead. Reaching the end early is not an error
+// here: archive/tar's read of the last byte reports the truncation.
+func (c *countingReader) Seek(offset int64, whence int) (int64, error) {
+	f, ok := c.r.(*feed)
+	if !ok || whence != io.SeekCurrent || offset < 0 {
+		return -1, errSeek
+	}
+	_, err := f.skip(offset, c.note)
+	if err != nil && err != io.EOF {
+		c.err = err
+		return c.n, err
+	}
+	return c.n, nil
+}
+
+// note counts b and keeps its end in the tail.
+func (c *countingReader) note(b []byte) {
 	if len(b) > len(c.tail) {
 		c.n += int64(len(b) - len(c.tail))
 		b = b[len(b)-len(c.tail):]
@@ -389,7 +412,6 @@ func (c *countingReader) Read(p []byte) (int, error) {
 		b = b[k:]
 		c.n += int64(k)
 	}
-	return n, err
 }
 
 func (c *countingReader) tailZero() bool {
