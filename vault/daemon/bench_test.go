@@ -364,16 +364,19 @@ func endToEnd(b *testing.B, srv *testservers.Server, bin string, pinDaemon bool)
 	}
 	up1, sh1 := bl.run(b, "before")
 
-	tmp := filepath.Join(n.ckDir, ".incoming-"+name) // a dotfile: the watcher ignores it
-	writeSynced(b, tmp, o)
-	fi, err := os.Stat(tmp)
-	must(b, err)
 	p := n.start(b)
 	if pinDaemon {
 		undo, err := testservers.PinProcess(p.cmd.Process.Pid, 0)
 		must(b, err)
 		defer undo()
 	}
+	// The archive is written while the daemon runs, as on a node, and
+	// just before it is handed over, as the baseline's plaintext is
+	// written just before its Put (see baseline.run: memory history).
+	tmp := filepath.Join(n.ckDir, ".incoming-"+name) // a dotfile: the watcher ignores it
+	writeSynced(b, tmp, o)
+	fi, err := os.Stat(tmp)
+	must(b, err)
 	daemon0, store0 := cpu(p.cmd.Process.Pid), cpu(srv.Pid())
 	b.ResetTimer()
 	t0 := time.Now()
