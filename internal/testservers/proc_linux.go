@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -33,6 +34,27 @@ func ProcessCPU(pid int) (time.Duration, error) {
 		return 0, fmt.Errorf("/proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
 	}
 	return time.Duration(ut+st) * 10 * time.Millisecond, nil
+}
+
+// NewOnCPU starts a server of the given kind for this test alone, on one
+// CPU of this machine, as if it ran on a one-CPU machine of its own: its
+// process is pinned to cpu and its Go runtime told so (GOMAXPROCS=1).
+// Pinning a Go process after it started is not the same: a runtime built
+// for go < 1.25 (MinIO's module is) keeps the GOMAXPROCS it started with,
+// and two Ps taking turns on one CPU cost MinIO half as much again per
+// byte (BenchmarkEndToEnd1GiB). A restart (Start) is not pinned.
+func NewOnCPU(tb testing.TB, kind Kind, cpu int) *Server {
+	tb.Helper()
+	if cpu >= runtime.NumCPU() {
+		tb.Fatalf("starting %s on CPU %d: this machine has %d CPUs", kind, cpu, runtime.NumCPU())
+	}
+	s := newWithEnv(tb, kind, "GOMAXPROCS=1")
+	undo, err := PinProcess(s.Pid(), cpu)
+	if err != nil {
+		tb.Fatalf("pinning %s: %v", kind, err)
+	}
+	tb.Cleanup(func() { undo() })
+	return s
 }
 
 // PinProcess restricts every thread of process pid to one CPU (threads it

@@ -72,6 +72,7 @@ type Server struct {
 	bin     string
 	dataDir string
 	logFile string
+	env     []string // added to the process's environment
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -83,12 +84,17 @@ type Server struct {
 // when the test ends.
 func New(tb testing.TB, kind Kind) *Server {
 	tb.Helper()
+	return newWithEnv(tb, kind)
+}
+
+func newWithEnv(tb testing.TB, kind Kind, env ...string) *Server {
+	tb.Helper()
 	bin := testtools.Path(tb, string(kind))
 	dir, err := os.MkdirTemp("", "ckvault-"+string(kind)+"-")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s, err := start(kind, bin, dir)
+	s, err := start(kind, bin, dir, env...)
 	if err != nil {
 		os.RemoveAll(dir)
 		tb.Fatalf("start %s: %v", kind, err)
@@ -170,7 +176,7 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func start(kind Kind, bin, dir string) (*Server, error) {
+func start(kind Kind, bin, dir string, env ...string) (*Server, error) {
 	ca, err := NewCA(dir, "ckvault test CA for "+string(kind))
 	if err != nil {
 		return nil, err
@@ -186,6 +192,7 @@ func start(kind Kind, bin, dir string) (*Server, error) {
 		bin:       bin,
 		dataDir:   filepath.Join(dir, "data"),
 		logFile:   filepath.Join(dir, "server.log"),
+		env:       env,
 	}
 	if err := os.MkdirAll(s.dataDir, 0o700); err != nil {
 		return nil, err
@@ -254,7 +261,7 @@ func (s *Server) Start() error {
 		return err
 	}
 	cmd := exec.Command(s.bin, args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(append(os.Environ(), env...), s.env...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
