@@ -408,3 +408,13 @@ func TestInspectorAbortWhileSkipping(t *testing.T) {
 		t.Errorf("after Abort, Finish = %v; want the read error", err)
 	}
 }
+
+// TestInspectorWriteAfterFinish: a Write after Finish is an error, not a
+// panic or a hang.
+func TestInspectorWriteAfterFinish(t *testing.T) {
+	in := NewInspector(Limits{})
+	in.Finish()
+	if _, err := in.Write([]byte("late")); err == nil {
+		t.Error("Write after Finish succeeded")
+	}
+}

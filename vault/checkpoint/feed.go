@@ -16,9 +16,10 @@ import (
 // For a 1 GiB archive written in 1 MiB buffers that is a thousand
 // hand-offs instead of about 130,000, and no copy.
 type feed struct {
-	slices chan []byte   // from Write; closed by closeWrite
+	slices chan []byte   // from Write
 	taken  chan struct{} // to Write: the parser is done with its slice
 	done   chan struct{} // closed by closeRead: the parser has stopped
+	ended  chan struct{} // closed by closeWrite: no more slices
 
 	cur     []byte // what the parser has not consumed of the current slice
 	holding bool   // cur is a writer's slice, not yet acknowledged
@@ -28,11 +29,11 @@ type feed struct {
 	readErr   error // why the parser stopped; set before done is closed
 	writeOnce sync.Once
 	wmu       sync.Mutex
-	wErr      error // set by closeWrite before slices is closed
+	wErr      error // set by closeWrite before ended is closed
 }
 
 func newFeed() *feed {
-	return &feed{slices: make(chan []byte), taken: make(chan struct{}), done: make(chan struct{})}
+	return &feed{slices: make(chan []byte), taken: make(chan struct{}), done: make(chan struct{}), ended: make(chan struct{})}
 }
 
 // Write blocks until the parser has read or skipped all of p, or stopped.
@@ -44,6 +45,8 @@ func (f *feed) Write(p []byte) (int, error) {
 	case f.slices <- p:
 	case <-f.done:
 		return 0, f.readErr
+	case <-f.ended:
+		return 0, io.ErrClosedPipe
 	}
 	select {
 	case <-f.taken:
@@ -55,14 +58,14 @@ func (f *feed) Write(p []byte) (int, error) {
 }
 
 // closeWrite ends the stream: the parser sees err, or io.EOF if nil, once
-// it has consumed what was written. Call it after the last Write; the
-// first call decides.
+// it has consumed what was written. Call it after the last Write has
+// returned; the first call decides.
 func (f *feed) closeWrite(err error) {
 	f.writeOnce.Do(func() {
 		f.wmu.Lock()
 		f.wErr = err
 		f.wmu.Unlock()
-		close(f.slices)
+		close(f.ended)
 	})
 }
 
@@ -85,12 +88,13 @@ func (f *feed) next() error {
 		if f.eof {
 			return f.endErr()
 		}
-		p, ok := <-f.slices
-		if !ok {
+		select {
+		case p := <-f.slices:
+			f.cur, f.holding = p, true
+		case <-f.ended:
 			f.eof = true
 			return f.endErr()
 		}
-		f.cur, f.holding = p, true
 	}
 	return nil
 }
