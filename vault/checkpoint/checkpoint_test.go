@@ -418,3 +418,48 @@ func TestInspectorWriteAfterFinish(t *testing.T) {
 		t.Error("Write after Finish succeeded")
 	}
 }
+
+// TestInspectorWriterReusesBuffer: the daemon's seal pipeline reuses its
+// read buffer as soon as Write returns, so nothing the parser goes on to
+// use (the end-marker tail, names, dumps) may still refer to a written
+// slice. The buffer is overwritten after every Write, with non-zero bytes
+// (a kept reference would refuse a good archive) and with zeros (it would
+// accept one cut before its marker); run with -race, a slice read after
+// Write returned is also reported as a race.
+func TestInspectorWriterReusesBuffer(t *testing.T) {
+	good := archive(t, samplearchive.Options{MemoryBytes: 100_000})
+	inputs := map[string][]byte{
+		"good":          good,
+		"padded":        append(append([]byte{}, good...), make([]byte, 5000)...),
+		"no marker":     good[:len(good)-1024],
+		"half marker":   good[:len(good)-512],
+		"trailing data": append(append(append([]byte{}, good...), make([]byte, 5000)...), 7),
+	}
+	for name, data := range inputs {
+		want, wantErr := parse(data)
+		for _, size := range []int{511, 1024, 1025, 4096, 65536} {
+			for _, scribble := range []byte{0, 0xa5} {
+				in := NewInspector(Limits{})
+				buf := make([]byte, size)
+				for rest := data; len(rest) > 0; {
+					n := copy(buf, rest)
+					_, err := in.Write(buf[:n])
+					for i := range buf {
+						buf[i] = scribble
+					}
+					if err != nil {
+						break
+					}
+					rest = rest[n:]
+				}
+				got, gotErr := in.Finish()
+				if (wantErr == nil) != (gotErr == nil) || (wantErr != nil && wantErr.Error() != gotErr.Error()) {
+					t.Fatalf("%s in %d-byte writes, buffer then overwritten with %#x: Parse: %v; Inspector: %v", name, size, scribble, wantErr, gotErr)
+				}
+				if wantErr == nil && !reflect.DeepEqual(want, got) {
+					t.Fatalf("%s in %d-byte writes, buffer then overwritten with %#x: Parse: %+v\nInspector: %+v", name, size, scribble, want, got)
+				}
+			}
+		}
+	}
+}
