@@ -25,7 +25,9 @@ func archive(t testing.TB, opts samplearchive.Options) []byte {
 }
 
 // onlyReader hides bytes.Reader's other methods (Seek, WriteTo) so the
-// parser sees a plain stream, as it does through the Inspector's pipe.
+// parser sees a plain stream that it reads through, member contents
+// included: the reference the Inspector (which skips them in its feed)
+// is held to.
 type onlyReader struct{ io.Reader }
 
 func parse(data []byte) (*Info, error) {
