@@ -47,14 +47,7 @@ func TestReadsAnswersToTheirEnd(t *testing.T) {
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	defer srv.Close()
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(Config{Server: srv.URL, CAFile: ca, Token: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := clientOf(t, srv, Config{})
 	ctx := context.Background()
 
 	o, err := s.Open(ctx, "payments/p/c/x.tar.age")
@@ -83,4 +76,20 @@ func TestReadsAnswersToTheirEnd(t *testing.T) {
 	if <-reset {
 		t.Error("ReadAt: the client reset the stream after the last byte instead of reading its end")
 	}
+}
+
+// clientOf is a client of the TLS test server srv, trusting its
+// certificate, with token "t" and cfg's other settings.
+func clientOf(t *testing.T, srv *httptest.Server, cfg Config) *Store {
+	t.Helper()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Server, cfg.CAFile, cfg.Token = srv.URL, ca, "t"
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -2,14 +2,11 @@ package remote
 
 import (
 	"context"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -59,14 +56,7 @@ func TestRangeAnswersMustMatch(t *testing.T) {
 	}))
 	srv.StartTLS()
 	defer srv.Close()
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(Config{Server: srv.URL, CAFile: ca, Token: "t", Retries: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := clientOf(t, srv, Config{Retries: 2})
 	ctx := context.Background()
 	for name := range answers {
 		t.Run(name, func(t *testing.T) {
@@ -137,14 +127,7 @@ func TestStalledAnswerResumes(t *testing.T) {
 	srv.StartTLS()
 	defer srv.Close()
 	defer close(release) // before Close, which waits for the stalled handler
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(Config{Server: srv.URL, CAFile: ca, Token: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := clientOf(t, srv, Config{})
 	s.idle = 500 * time.Millisecond
 	done := make(chan string, 1)
 	go func() {
