@@ -54,26 +54,30 @@ func (c *answerCache[K, V]) put(k K, v V, allowed bool, now, expires time.Time) 
 }
 
 func (c *answerCache[K, V]) prune(now time.Time) {
-	for k, a := range c.m {
-		if !now.Before(a.expires) {
-			delete(c.m, k)
-		}
-	}
-	target := maxCacheEntries * 3 / 4
-	for _, drop := range []func(cachedAnswer[V]) bool{
-		func(a cachedAnswer[V]) bool { return !a.allowed },
-		func(cachedAnswer[V]) bool { return true },
-	} {
-		for k, a := range c.m {
-			if len(c.m) <= target {
+	expired := func(a cachedAnswer[V]) bool { return !now.Before(a.expires) }
+	refusal := func(a cachedAnswer[V]) bool { return !a.allowed }
+	shrink(c.m, 0, expired)
+	shrink(c.m, maxCacheEntries*3/4, refusal, anyEntry)
+}
+
+// shrink deletes entries of m until it holds at most n: first those the
+// first predicate picks, then those the next one picks, and so on. It is
+// how every bounded table here makes room (the answer caches, the rate
+// limiters): forget what costs nothing to forget before what does.
+func shrink[K comparable, V any](m map[K]V, n int, picks ...func(V) bool) {
+	for _, pick := range picks {
+		for k, v := range m {
+			if len(m) <= n {
 				return
 			}
-			if drop(a) {
-				delete(c.m, k)
+			if pick(v) {
+				delete(m, k)
 			}
 		}
 	}
 }
+
+func anyEntry[V any](V) bool { return true }
 
 func (c *answerCache[K, V]) len() int {
 	c.mu.Lock()

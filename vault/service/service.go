@@ -111,7 +111,7 @@ type Service struct {
 	rateLimit    rate.Limit
 	rateBurst    int
 	limMu        sync.Mutex
-	limiters     map[string]*limiterEntry
+	limiters     map[string]*rate.Limiter
 
 	mux *http.ServeMux
 	m   metrics
@@ -119,10 +119,6 @@ type Service struct {
 
 	readyMu  sync.Mutex
 	readyErr error
-}
-
-type limiterEntry struct {
-	l *rate.Limiter
 }
 
 type metrics struct {
@@ -166,7 +162,7 @@ func New(o Options) (*Service, error) {
 		st: o.Store, index: o.Index, audit: o.Audit, trail: o.Trail, headV: o.HeadVerifier,
 		clientCAs: o.ClientCAs, tokens: o.Tokens, audience: o.Audience, authz: o.Authz, holds: o.Holds, log: o.Logger,
 		retention: o.Retention, retentionOff: o.RetentionOff,
-		writeTimeout: o.WriteTimeout, rateLimit: rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*limiterEntry{},
+		writeTimeout: o.WriteTimeout, rateLimit: rate.Limit(o.RateLimit), rateBurst: o.RateBurst, limiters: map[string]*rate.Limiter{},
 		reg: o.Registry,
 	}
 	s.m = metrics{
@@ -403,17 +399,9 @@ func (s *Service) unauthenticatedRecord(cw *countingWriter, r *http.Request, rou
 // quarter of the table before the next scan, so a flood of newcomers costs
 // no scan of the whole table each.
 func (s *Service) pruneLimiters(now time.Time) {
-	for k, v := range s.limiters {
-		if v.l.TokensAt(now) >= float64(s.rateBurst) {
-			delete(s.limiters, k)
-		}
-	}
-	for k := range s.limiters {
-		if len(s.limiters) <= maxCacheEntries*3/4 {
-			break
-		}
-		delete(s.limiters, k)
-	}
+	refilled := func(l *rate.Limiter) bool { return l.TokensAt(now) >= float64(s.rateBurst) }
+	shrink(s.limiters, 0, refilled)
+	shrink(s.limiters, maxCacheEntries*3/4, anyEntry)
 }
 
 // allow applies the per-identity rate limit; it returns how long to wait
@@ -428,10 +416,10 @@ func (s *Service) allow(id Identity) (time.Duration, bool) {
 		if len(s.limiters) >= maxCacheEntries {
 			s.pruneLimiters(now)
 		}
-		e = &limiterEntry{l: rate.NewLimiter(s.rateLimit, s.rateBurst)}
+		e = rate.NewLimiter(s.rateLimit, s.rateBurst)
 		s.limiters[key] = e
 	}
-	res := e.l.ReserveN(now, 1)
+	res := e.ReserveN(now, 1)
 	if d := res.DelayFrom(now); d > 0 {
 		res.CancelAt(now)
 		return d, false
