@@ -50,6 +50,16 @@ func readSmall(ctx context.Context, st store.Store, key string, max int64) ([]by
 	return b, nil
 }
 
+// readError says what a failed read of one of base's small objects means:
+// a store error (transient: the run stops before deleting anything), or an
+// object too large to be genuine, which is base's own problem.
+func readError(base string, err error) error {
+	if errors.As(err, new(*tooLargeError)) {
+		return fmt.Errorf("%s: %v; GC keeps the checkpoint (it deletes only what it verified)", base, err)
+	}
+	return fmt.Errorf("%w: %v", errTransient, err)
+}
+
 // verifyManifest checks the manifest of base as docs/FORMAT.md prescribes
 // (signature over the exact bytes under a trusted key, strict parse, key
 // binding), through manifest.Verify. Only a verified manifest's identity,
@@ -61,10 +71,7 @@ func verifyManifest(ctx context.Context, st store.Store, trusted *signing.Truste
 		if errors.Is(err, store.ErrNotExist) {
 			return nil, fmt.Errorf("%s: manifest vanished while GC ran", base)
 		}
-		if errors.As(err, new(*tooLargeError)) {
-			return nil, fmt.Errorf("%s: %v; GC keeps the checkpoint (it deletes only what it verified)", base, err)
-		}
-		return nil, fmt.Errorf("%w: %v", errTransient, err)
+		return nil, readError(base, err)
 	}
 	var sig []byte
 	for _, k := range []string{objs.ManifestSig, objs.ManifestBundle} {
@@ -72,11 +79,8 @@ func verifyManifest(ctx context.Context, st store.Store, trusted *signing.Truste
 		if errors.Is(err, store.ErrNotExist) {
 			continue
 		}
-		if errors.As(err, new(*tooLargeError)) {
-			return nil, fmt.Errorf("%s: %v; GC keeps the checkpoint (it deletes only what it verified)", base, err)
-		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errTransient, err)
+			return nil, readError(base, err)
 		}
 		sig = b
 		break
