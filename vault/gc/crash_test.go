@@ -48,7 +48,7 @@ func openSpec(spec string) (Store, error) {
 		return nil, fmt.Errorf("bad store spec %q", spec)
 	}
 	return s3store.New(s3store.Config{URL: p[0], CAFile: p[1], PathStyle: "path",
-		Credentials: credentials.NewStaticV4(p[2], p[3], ""), BaseDelay: 10e6})
+		Credentials: credentials.NewStaticV4(p[2], p[3], "")})
 }
 
 // runChild is the child: one GC run that dies at step CKVAULT_GC_CRASH_AT.
@@ -143,6 +143,26 @@ func newCrashVault(t *testing.T, b backend) crashVault {
 	return v
 }
 
+// planSummary is a plan without its version lists.
+func planSummary(p *Plan) string {
+	var b strings.Builder
+	for _, a := range p.Delete {
+		fmt.Fprintf(&b, "delete %s (%s, %d versions); ", a.Base, a.Limit, len(a.Versions))
+	}
+	for _, l := range []struct {
+		what string
+		hs   []Held
+	}{{"pinned", p.Pinned}, {"deferred", p.Deferred}, {"young orphan", p.YoungOrphans}, {"abandon", p.Abandon}} {
+		for _, h := range l.hs {
+			fmt.Fprintf(&b, "%s %s (%s); ", l.what, h.Base, h.Why)
+		}
+	}
+	for _, u := range p.Unverified {
+		fmt.Fprintf(&b, "unverified %s (%s); ", u.Base, u.Err)
+	}
+	return b.String()
+}
+
 // sixSuffixes are the objects of one checkpoint.
 var sixSuffixes = []string{manifest.SuffixCiphertext, manifest.SuffixCiphertextSig, manifest.SuffixCiphertextBundle,
 	manifest.SuffixManifest, manifest.SuffixManifestSig, manifest.SuffixManifestBundle}
@@ -170,6 +190,7 @@ func testCrash(t *testing.T, b backend) {
 	}
 
 	for crashAt := 1; crashAt <= steps; crashAt++ {
+		failedBefore := t.Failed()
 		v := newCrashVault(t, b)
 		auditPath := filepath.Join(privateDir(t), "audit.db")
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -222,8 +243,12 @@ func testCrash(t *testing.T, b backend) {
 				t.Errorf("crash at step %d: %s is neither whole nor finished by the next run: %v", crashAt, base, sfx)
 			}
 		}
-		if _, err := Execute(context.Background(), v.st, opts, plan); err != nil {
+		res, err := Execute(context.Background(), v.st, opts, plan)
+		if err != nil {
 			t.Fatalf("crash at step %d: recovery run: %v", crashAt, err)
+		}
+		for _, f := range res.Failed {
+			t.Errorf("crash at step %d: the recovery run failed to delete %s: %v", crashAt, f.Action.Base, f.Err)
 		}
 		final := stateOf(t, v.st)
 		if d := diff(final.complete(), v.keep); d != "" {
@@ -252,6 +277,10 @@ func testCrash(t *testing.T, b backend) {
 			if !done[b] {
 				t.Errorf("crash at step %d: the deletion of %s has no outcome record", crashAt, b)
 			}
+		}
+		if t.Failed() && !failedBefore {
+			// What the recovery saw, so that a failure says why.
+			t.Logf("crash at step %d: versions after the crash %v; the recovery plan: %s", crashAt, crashed.counts, planSummary(plan))
 		}
 		l.Close()
 	}

@@ -64,7 +64,6 @@ func s3For(t testing.TB, srv *testservers.Server, prefix string) *s3store.Store 
 		CAFile:      srv.CAFile,
 		Credentials: credentials.NewStaticV4(srv.AccessKey, srv.SecretKey, ""),
 		PathStyle:   "path",
-		BaseDelay:   10e6,
 	})
 	if err != nil {
 		t.Fatal(err)
