@@ -419,6 +419,27 @@ func TestInspectorWriteAfterFinish(t *testing.T) {
 	if _, err := in.Write([]byte("late")); err == nil {
 		t.Error("Write after Finish succeeded")
 	}
+	if _, err := in.Write(nil); err == nil {
+		t.Error("empty Write after Finish succeeded")
+	}
+}
+
+// TestInspectorEmptyWriteAfterRefusal: once the parser has refused the
+// archive, every Write reports it, an empty one included (a writer that
+// checks only the error of its last, empty Write still learns of it).
+func TestInspectorEmptyWriteAfterRefusal(t *testing.T) {
+	in := NewInspector(Limits{})
+	if _, err := in.Write(bytes.Repeat([]byte{0xff}, 4096)); err == nil {
+		t.Fatal("a non-tar block was accepted")
+	}
+	if _, err := in.Write(nil); err == nil {
+		t.Error("empty Write after a refusal succeeded")
+	}
+	fresh := NewInspector(Limits{})
+	if n, err := fresh.Write(nil); n != 0 || err != nil {
+		t.Errorf("empty Write to a fresh Inspector = %d, %v; want 0, nil", n, err)
+	}
+	fresh.Abort(nil)
 }
 
 // TestInspectorWriterReusesBuffer: the daemon's seal pipeline reuses its

@@ -37,9 +37,18 @@ func newFeed() *feed {
 }
 
 // Write blocks until the parser has read or skipped all of p, or stopped.
+// An empty Write hands nothing over but, like any other, reports a parser
+// that has stopped or a stream already ended, as io.Pipe does.
 func (f *feed) Write(p []byte) (int, error) {
 	if len(p) == 0 {
-		return 0, nil
+		select {
+		case <-f.done:
+			return 0, f.readErr
+		case <-f.ended:
+			return 0, io.ErrClosedPipe
+		default:
+			return 0, nil
+		}
 	}
 	select {
 	case f.slices <- p:
