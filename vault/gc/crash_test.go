@@ -281,6 +281,9 @@ func testCrash(t *testing.T, b backend) {
 		if t.Failed() && !failedBefore {
 			// What the recovery saw, so that a failure says why.
 			t.Logf("crash at step %d: versions after the crash %v; the recovery plan: %s", crashAt, crashed.counts, planSummary(plan))
+			if _, ok := v.st.(*s3store.Store); ok {
+				t.Logf("the end of MinIO's log:\n%s", testservers.Shared(t, testservers.MinIO).Log())
+			}
 		}
 		l.Close()
 	}
