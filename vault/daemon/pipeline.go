@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/checkpoint-vault/ckvault/audit"
+	"github.com/checkpoint-vault/ckvault/internal/ctxio"
 	"github.com/checkpoint-vault/ckvault/vault/admit"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
 	"github.com/checkpoint-vault/ckvault/vault/store"
@@ -147,7 +148,7 @@ func (d *Daemon) adoptSameContent(ctx context.Context, it *item, snap admit.Snap
 			return nil, nil // not readable now: the pipeline's own admission decides
 		}
 		h := sha256.New()
-		_, err = io.Copy(h, &ctxReader{ctx: ctx, r: c.Reader()})
+		_, err = io.Copy(h, ctxio.Reader(ctx, c.Reader()))
 		if err == nil {
 			err = c.Recheck()
 		}
@@ -167,19 +168,6 @@ func (d *Daemon) adoptSameContent(ctx context.Context, it *item, snap admit.Snap
 		return q, nil
 	}
 	return nil, nil
-}
-
-// ctxReader stops a long read when ctx ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // reject records that a file version is not vaulted, once: the stored stage

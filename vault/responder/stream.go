@@ -12,6 +12,7 @@ import (
 	"filippo.io/age"
 
 	"github.com/checkpoint-vault/ckvault/crypto/envelope"
+	"github.com/checkpoint-vault/ckvault/internal/ctxio"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
 	"github.com/checkpoint-vault/ckvault/vault/store"
 )
@@ -250,7 +251,7 @@ func (r *Responder) decrypt(ctx context.Context, m *manifest.Manifest, ids []age
 	}
 	// Read at most one byte more than the manifest's size, so an object
 	// that grows while it is read is detected without reading it all.
-	ct := newHashingReader(&ctxReader{ctx, io.LimitReader(obj, m.Ciphertext.Size+1)}, progress)
+	ct := newHashingReader(ctxio.Reader(ctx, io.LimitReader(obj, m.Ciphertext.Size+1)), progress)
 	defer ct.close()
 
 	checkCiphertext := func() error {
@@ -309,19 +310,6 @@ func (r *Responder) decrypt(ctx context.Context, m *manifest.Manifest, ids []age
 		return &CheckError{Check: CheckPlaintext, Object: base, Err: err}
 	}
 	return nil
-}
-
-// ctxReader stops a download when ctx is cancelled.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // IdentityFingerprints returns the fingerprints of the recipients of ids,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/checkpoint-vault/ckvault/internal/ctxio"
 	"github.com/checkpoint-vault/ckvault/vault/manifest"
 	"github.com/checkpoint-vault/ckvault/vault/store"
 )
@@ -90,7 +91,7 @@ func (r *Responder) streamCiphertext(ctx context.Context, m *manifest.Manifest) 
 		return &CheckError{Check: CheckCiphertext, Object: m.Object, Err: fmt.Errorf("%w: %s is %d bytes in the store, the manifest says %d",
 			manifest.ErrContentMismatch, m.Objects().Ciphertext, sz, m.Ciphertext.Size)}
 	}
-	hr := newHashingReader(&ctxReader{ctx, io.LimitReader(obj, m.Ciphertext.Size+1)}, nil)
+	hr := newHashingReader(ctxio.Reader(ctx, io.LimitReader(obj, m.Ciphertext.Size+1)), nil)
 	sum, n, err := hr.finish()
 	if err != nil {
 		if ctx.Err() != nil {

@@ -44,6 +44,7 @@ import (
 
 	"github.com/minio/crc64nvme"
 
+	"github.com/checkpoint-vault/ckvault/internal/ctxio"
 	"github.com/checkpoint-vault/ckvault/vault/store"
 )
 
@@ -208,7 +209,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, op
 	}()
 
 	h := crc64nvme.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), &ctxReader{ctx: ctx, r: io.LimitReader(r, size)})
+	n, err := io.Copy(io.MultiWriter(tmp, h), ctxio.Reader(ctx, io.LimitReader(r, size)))
 	if err != nil {
 		return store.ObjectInfo{}, fmt.Errorf("file store %s: put %q: %w", s.root, key, err)
 	}
@@ -539,17 +540,4 @@ func (s *Store) AbortStaleUploads(ctx context.Context, olderThan time.Duration) 
 		}
 	}
 	return n, nil
-}
-
-// ctxReader stops a copy when the context is cancelled.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
