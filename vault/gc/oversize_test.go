@@ -43,7 +43,7 @@ func testOversizeObjectsDoNotStopGC(t *testing.T, st Store) {
 	put(bigManifest+manifest.SuffixManifest, manifest.MaxSize+1)
 	bigSig := "web/frontend-1/nginx/20261130T120000Z-node-a-00000000000000bb"
 	put(bigSig+manifest.SuffixManifest, 100)
-	put(bigSig+manifest.SuffixManifestSig, maxSigSize+1)
+	put(bigSig+manifest.SuffixManifestSig, manifest.MaxSignatureSize+1)
 	bigIntent := LegacyIntentPrefix + "a/b/c-node-a-x" + intentSuffix
 	if !legacyIntent(bigIntent) {
 		t.Fatalf("%s is not read as an older version's intent; the test needs one that is", bigIntent)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/checkpoint-vault/ckvault/crypto/signing"
@@ -17,44 +16,15 @@ import (
 // than report a healthy checkpoint as unverified.
 var errTransient = errors.New("store error")
 
-// tooLargeError: an object is larger than GC reads for its kind. That is
-// what the object is, not a failure of the store, so it is a problem of
-// its own base or intent (reported, kept) and never stops the run: a node
-// may write any bytes under its own keys, and must not be able to stop
-// retention for the whole vault.
-type tooLargeError struct {
-	key string
-	max int64
-}
-
-func (e *tooLargeError) Error() string {
-	return fmt.Sprintf("%s is larger than the %d bytes allowed", e.key, e.max)
-}
-
-// maxSigSize bounds a signature object (real ones are a few KiB).
-const maxSigSize = 64 << 10
-
-func readSmall(ctx context.Context, st store.Store, key string, max int64) ([]byte, error) {
-	o, err := st.Open(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	defer o.Close()
-	b, err := io.ReadAll(io.LimitReader(o, max+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", key, err)
-	}
-	if int64(len(b)) > max {
-		return nil, &tooLargeError{key, max}
-	}
-	return b, nil
-}
-
 // readError says what a failed read of one of base's small objects means:
 // a store error (transient: the run stops before deleting anything), or an
-// object too large to be genuine, which is base's own problem.
+// object too large to be genuine (*store.TooLargeError). That is what the
+// object is, not a failure of the store, so it is a problem of its own
+// base (reported, kept) and never stops the run: a node may write any
+// bytes under its own keys, and must not be able to stop retention for
+// the whole vault.
 func readError(base string, err error) error {
-	if errors.As(err, new(*tooLargeError)) {
+	if errors.As(err, new(*store.TooLargeError)) {
 		return fmt.Errorf("%s: %v; GC keeps the checkpoint (it deletes only what it verified)", base, err)
 	}
 	return fmt.Errorf("%w: %v", errTransient, err)
@@ -66,7 +36,7 @@ func readError(base string, err error) error {
 // time and size decide what GC deletes.
 func verifyManifest(ctx context.Context, st store.Store, trusted *signing.TrustedKeys, base string) (*manifest.Manifest, error) {
 	objs := manifest.ObjectsFor(base)
-	mb, err := readSmall(ctx, st, objs.Manifest, manifest.MaxSize)
+	mb, err := store.ReadSmall(ctx, st, objs.Manifest, manifest.MaxSize)
 	if err != nil {
 		if errors.Is(err, store.ErrNotExist) {
 			return nil, fmt.Errorf("%s: manifest vanished while GC ran", base)
@@ -75,7 +45,7 @@ func verifyManifest(ctx context.Context, st store.Store, trusted *signing.Truste
 	}
 	var sig []byte
 	for _, k := range []string{objs.ManifestSig, objs.ManifestBundle} {
-		b, err := readSmall(ctx, st, k, maxSigSize)
+		b, err := store.ReadSmall(ctx, st, k, manifest.MaxSignatureSize)
 		if errors.Is(err, store.ErrNotExist) {
 			continue
 		}
@@ -106,12 +76,12 @@ const maxIntentSize = 16 << 10
 // readIntent reads and checks an intent object: it must name the base key
 // its own key is derived from, so an intent cannot point GC elsewhere.
 func readIntent(ctx context.Context, st store.Store, key string) (*intent, error) {
-	b, err := readSmall(ctx, st, key, maxIntentSize)
+	b, err := store.ReadSmall(ctx, st, key, maxIntentSize)
 	if err != nil {
 		if errors.Is(err, store.ErrNotExist) {
 			return nil, fmt.Errorf("intent %s vanished while GC ran", key)
 		}
-		if errors.As(err, new(*tooLargeError)) {
+		if errors.As(err, new(*store.TooLargeError)) {
 			return nil, fmt.Errorf("intent %s: %v, so it is no intent GC wrote; ignored (check who wrote it, then remove it)", key, err)
 		}
 		return nil, fmt.Errorf("%w: %v", errTransient, err)

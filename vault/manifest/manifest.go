@@ -51,6 +51,10 @@ func knownFormat(f string) bool { return f == FormatV1 || f == FormatV2 }
 // bound keeps a hostile object from exhausting memory before parsing.
 const MaxSize = 1 << 20
 
+// MaxSignatureSize bounds a .sig or .sigstore.json object, which readers
+// read whole; real ones are a few hundred bytes and a few KiB.
+const MaxSignatureSize = 64 << 10
+
 // Limits on the archive summary and free-text fields.
 const (
 	maxFiles   = 1024

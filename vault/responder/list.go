@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"strings"
 	"sync"
@@ -279,39 +278,16 @@ func (r *Responder) resolveAudited(ctx context.Context, action, id string) (stri
 	return "", r.audited(ctx, action, clip(fmt.Sprintf("id:%q", id)), nil, func(context.Context) (map[string]string, error) { return nil, err }, nil)
 }
 
-// readSmall reads a small object whole, refusing more than max bytes.
-func (r *Responder) readSmall(ctx context.Context, key string, max int64) ([]byte, error) {
-	o, err := r.Store.Open(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	defer o.Close()
-	b, err := io.ReadAll(io.LimitReader(o, max+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", key, err)
-	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%w: %s is larger than the %d bytes allowed", errTooLarge, key, max)
-	}
-	return b, nil
-}
-
-var errTooLarge = errors.New("object too large")
-
-// maxSigSize bounds a .sig or .sigstore.json object; real ones are a few
-// hundred bytes and a few KiB.
-const maxSigSize = 64 << 10
-
 // manifest fetches and verifies the manifest of base: FORMAT.md steps 1–3.
 // Both signature forms are checked when both are present; at least one
 // must be. Failures are *CheckError.
 func (r *Responder) manifest(ctx context.Context, base string) (*manifest.Manifest, error) {
 	objs := manifest.ObjectsFor(base)
-	mb, err := r.readSmall(ctx, objs.Manifest, manifest.MaxSize)
+	mb, err := store.ReadSmall(ctx, r.Store, objs.Manifest, manifest.MaxSize)
 	if errors.Is(err, store.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s has no manifest (%s)", ErrNotFound, base, objs.Manifest)
 	}
-	if errors.Is(err, errTooLarge) {
+	if errors.As(err, new(*store.TooLargeError)) {
 		return nil, &CheckError{Check: CheckManifest, Object: base, Err: err}
 	}
 	if err != nil {
@@ -352,12 +328,12 @@ func VerifyManifest(trusted *signing.TrustedKeys, base string, mb []byte, sigs [
 func (r *Responder) signatures(ctx context.Context, base, sigKey, bundleKey, check string) ([][]byte, error) {
 	var out [][]byte
 	for _, k := range []string{sigKey, bundleKey} {
-		b, err := r.readSmall(ctx, k, maxSigSize)
+		b, err := store.ReadSmall(ctx, r.Store, k, manifest.MaxSignatureSize)
 		if errors.Is(err, store.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			if errors.Is(err, errTooLarge) {
+			if errors.As(err, new(*store.TooLargeError)) {
 				return nil, &CheckError{Check: check, Object: base, Err: err}
 			}
 			return nil, err

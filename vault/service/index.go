@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"slices"
@@ -313,7 +312,7 @@ func (x *Index) load(ctx context.Context, base string, objs map[string]store.Obj
 			e.Problem = fmt.Sprintf("%s is %d bytes, more than a real one can be", o.Key, o.Size)
 			continue
 		}
-		b, err := readSmall(ctx, x.st, o.Key, max(remote.MaxInline, manifest.MaxSize))
+		b, err := store.ReadSmall(ctx, x.st, o.Key, max(remote.MaxInline, manifest.MaxSize))
 		if err != nil {
 			e.Problem = fmt.Sprintf("reading %s: %v", o.Key, err)
 			continue
@@ -348,22 +347,6 @@ func (x *Index) load(ctx context.Context, base string, objs map[string]store.Obj
 	e.Checkpointed = m.CheckpointedAt.Time
 	e.Size, e.SHA256 = m.Ciphertext.Size, m.Ciphertext.SHA256
 	return e
-}
-
-func readSmall(ctx context.Context, st store.Reader, key string, limit int64) ([]byte, error) {
-	o, err := st.Open(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	defer o.Close()
-	b, err := io.ReadAll(io.LimitReader(o, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", key, limit)
-	}
-	return b, nil
 }
 
 // Query selects index entries. Empty fields match everything.

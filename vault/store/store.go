@@ -197,3 +197,35 @@ type Janitor interface {
 // algorithm S3 computes as a full-object checksum even for multipart
 // uploads); Checksum.Value is base64 of its 8 big-endian bytes.
 const ChecksumCRC64NVME = "CRC64NVME"
+
+// TooLargeError is ReadSmall's refusal: the object under Key is larger
+// than the Max bytes its reader accepts for its kind. For a manifest, a
+// signature or an intent that is what the object is, not a store fault:
+// callers report it against the object rather than retry.
+type TooLargeError struct {
+	Key string
+	Max int64
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("%s is larger than the %d bytes allowed", e.Key, e.Max)
+}
+
+// ReadSmall reads the object under key whole, refusing one of more than
+// max bytes with a *TooLargeError after reading at most max+1: a hostile
+// object cannot make its reader hold more than that.
+func ReadSmall(ctx context.Context, st Reader, key string, max int64) ([]byte, error) {
+	o, err := st.Open(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	defer o.Close()
+	b, err := io.ReadAll(io.LimitReader(o, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", key, err)
+	}
+	if int64(len(b)) > max {
+		return nil, &TooLargeError{Key: key, Max: max}
+	}
+	return b, nil
+}
