@@ -48,7 +48,9 @@ a policy the oldest go first until maxCount, maxTotalSize and maxAge all hold.
               than retention.orphanGrace
   unverified  a manifest that does not verify is never deleted, only reported
               (exit status 3): tampering, or a trusted key missing from
-              signing.publicKeys
+              signing.publicKeys. Objects that end like a checkpoint's but
+              are not under a checkpoint's key are not the vault's: reported
+              the same way, never deleted
 
 Deleting means every version of all six objects, delete markers included, the
 manifest first; an intent object (ckvault.gc/intents/) and an audit record precede
@@ -209,7 +211,7 @@ func (o *gcOptions) report(w io.Writer, rep *gcReport, runErr error) error {
 	case len(rep.Failed) > 0:
 		return fmt.Errorf("%d of %d deletions failed (first: %s: %s); an intent is left for each, and the next run finishes them", len(rep.Failed), len(plan.Delete), rep.Failed[0].Base, rep.Failed[0].Error)
 	case len(plan.Unverified) > 0:
-		return fmt.Errorf("%w: %d objects have a manifest (or GC intent) that does not verify; gc kept them: check them with `ckvault verify`, and that signing.publicKeys lists every key that ever signed", errVerification, len(plan.Unverified))
+		return fmt.Errorf("%w: %d objects have a manifest (or GC intent) that does not verify, or are not the vault's; gc kept them: see each UNVERIFIED line, check checkpoints with `ckvault verify`, and that signing.publicKeys lists every key that ever signed", errVerification, len(plan.Unverified))
 	}
 	return nil
 }

@@ -4,11 +4,14 @@ import (
 	"encoding/json"
 	"testing"
 	"time"
+
+	"github.com/checkpoint-vault/ckvault/vault/manifest"
 )
 
 // FuzzParseIntent: intent objects come from the store, which GC does not
 // trust. Whatever the bytes, parseIntent returns an error or an intent
-// whose base is a valid base key and which round-trips through JSON.
+// whose base is a checkpoint's base key (manifest.ParseKey: GC deletes
+// nothing else) and which round-trips through JSON.
 func FuzzParseIntent(f *testing.F) {
 	good, _ := json.Marshal(intent{Base: "ns/pod/ctr/20260101T000000Z-node-a-0123456789abcdef", Policy: "global",
 		Limit: LimitCount, Reason: "r", Actor: "a", Time: time.Unix(1, 0).UTC()})
@@ -21,8 +24,8 @@ func FuzzParseIntent(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if IntentKey(in.Base) == "" || len(in.Base) == 0 {
-			t.Fatalf("accepted an intent without a base: %q", b)
+		if _, ok := manifest.ParseKey(in.Base); !ok {
+			t.Fatalf("accepted an intent naming %q, which is not a checkpoint's base key: %q", in.Base, b)
 		}
 		re, err := json.Marshal(in)
 		if err != nil {

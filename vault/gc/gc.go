@@ -22,7 +22,10 @@
 // Objects under a base key with no manifest (the latest version of the
 // manifest key missing or a delete marker) are orphans: abandoned or
 // in-flight uploads. They are reported, and removed once their newest
-// version is older than retention.orphanGrace. A manifest that is present
+// version is older than retention.orphanGrace — but only under a key a
+// ckvault writer makes (manifest.ParseKey): objects that merely end in a
+// checkpoint object's suffix are not the vault's, and are reported, never
+// deleted. An intent, too, must name such a key. A manifest that is present
 // but does not verify is never deleted: it is reported (Report.Unverified)
 // because it means tampering, or trusted keys missing from the config — a
 // rotation mistake must not turn the whole vault into garbage.
@@ -474,6 +477,14 @@ func PlanRun(ctx context.Context, st Store, opts Options) (*Plan, error) {
 		g := groups[b]
 		switch r := res[i]; {
 		case !r.has:
+			if _, ok := manifest.ParseKey(b); !ok {
+				// Objects with a checkpoint object's suffix under a key no
+				// ckvault writer makes: not an abandoned upload but
+				// something else's, which GC must not delete.
+				plan.Unverified = append(plan.Unverified, Problem{Base: b, Err: fmt.Sprintf(
+					"%d object(s) with a checkpoint object's suffix but no manifest, under a key that is not a checkpoint's (<namespace>/<pod>/<container>/<time>-<node>-<id>, docs/FORMAT.md): not the vault's, so GC leaves them; move them out of the vault's prefix", len(g.versions))})
+				continue
+			}
 			a := Action{Base: b, Versions: g.versions, Policy: "orphanGrace", Limit: LimitOrphan, Size: g.bytes()}
 			a.Namespace, a.Pod, a.Container = keyIdentity(b)
 			newest := g.newest()

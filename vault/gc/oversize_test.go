@@ -70,3 +70,79 @@ func testOversizeObjectsDoNotStopGC(t *testing.T, st Store) {
 		t.Errorf("planned deletions %+v, want only the expired %s", plan.Delete, due)
 	}
 }
+
+// TestForeignObjectsAreNotOrphans: an orphan is a checkpoint's abandoned
+// upload, so its objects are under a checkpoint's base key
+// (docs/FORMAT.md). Objects that merely end in a checkpoint object's
+// suffix — an operator's file in the vault's prefix, a key with too few or
+// too many segments or a last segment no writer makes — are reported and
+// never deleted, however old; so is an intent that names such a key. A real
+// orphan in the same store still goes.
+func TestForeignObjectsAreNotOrphans(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) { testForeignObjectsAreNotOrphans(t, b.new(t)) })
+	}
+}
+
+func testForeignObjectsAreNotOrphans(t *testing.T, st Store) {
+	ctx := context.Background()
+	k := testKeys(t)
+	put := func(key string) {
+		t.Helper()
+		if _, err := st.Put(ctx, key, strings.NewReader("x"), 1, store.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	foreign := []string{
+		"backup" + manifest.SuffixCiphertext,
+		"ops/notes/readme" + manifest.SuffixManifestSig,
+		"web/frontend-1/nginx/not-a-checkpoint" + manifest.SuffixCiphertext,
+		"web/frontend-1/nginx/20261130T120000Z-node-a-00000000000000aa/extra" + manifest.SuffixCiphertext,
+		"Web/frontend-1/nginx/20261130T120000Z-node-a-00000000000000aa" + manifest.SuffixCiphertext,
+	}
+	for _, key := range foreign {
+		put(key)
+	}
+	orphan := putCheckpoint(t, st, k.signer, spec{ns: "web", pod: "frontend-1", ctr: "nginx", at: time.Now().Add(-time.Hour), seq: 2})
+	dropAll(t, st, manifest.ObjectsFor(orphan).Manifest)
+	// An intent at its own key that names a foreign base.
+	body := []byte(`{"base":"backup","policy":"p","limit":"maxAge","reason":"r","actor":"a","time":"2026-11-30T12:00:00Z"}`)
+	if _, err := st.Put(ctx, IntentKey("backup"), bytes.NewReader(body), int64(len(body)), store.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	opts := Options{Policy: &policy.RetentionConfig{Global: &policy.RetentionLimits{MaxAge: "720h"}, OrphanGrace: "1s"},
+		Trusted: k.trusted, Actor: "gc-test", Audit: openLog(t), Now: func() time.Time { return time.Now().Add(time.Hour) }}
+	plan, err := PlanRun(ctx, st, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Delete) != 1 || plan.Delete[0].Base != orphan {
+		var got []string
+		for _, a := range plan.Delete {
+			got = append(got, a.Base)
+		}
+		t.Errorf("planned deletions %q, want only the orphan %s", got, orphan)
+	}
+	reported := map[string]string{}
+	for _, p := range plan.Unverified {
+		reported[p.Base] = p.Err
+	}
+	for _, key := range foreign {
+		base, _ := manifest.BaseKeyOf(key)
+		if !strings.Contains(reported[base], "not a checkpoint's") {
+			t.Errorf("%s: reported as %q, want it named as not a checkpoint's key", base, reported[base])
+		}
+	}
+	if p := reported[IntentKey("backup")]; !strings.Contains(p, "not a checkpoint's base key") {
+		t.Errorf("the intent naming a foreign base: reported as %q", p)
+	}
+	if _, err := Execute(ctx, st, opts, plan); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range append(foreign, IntentKey("backup")) {
+		if _, err := st.Stat(ctx, key); err != nil {
+			t.Errorf("%s after GC: %v", key, err)
+		}
+	}
+}

@@ -107,8 +107,8 @@ func parseIntent(b []byte) (*intent, error) {
 	if dec.More() {
 		return nil, errors.New("not a GC intent: data after the object")
 	}
-	if _, ok := manifest.BaseKeyOf(in.Base + manifest.SuffixManifest); !ok || store.ValidKey(in.Base) != nil {
-		return nil, fmt.Errorf("base %q is not a valid base key", in.Base)
+	if _, ok := manifest.ParseKey(in.Base); !ok || store.ValidKey(in.Base) != nil {
+		return nil, fmt.Errorf("base %q is not a checkpoint's base key (docs/FORMAT.md)", in.Base)
 	}
 	return &in, nil
 }
