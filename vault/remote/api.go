@@ -79,9 +79,6 @@ type Error struct {
 	Namespace string `json:"namespace,omitempty"`
 }
 
-// Suffixes whose objects are small enough to be listed inline.
-const MaxInline = 64 << 10
-
 // PurposeRestore, as the query parameter purpose=restore of
 // GET|HEAD /v1/objects/{key}, marks a read of a checkpoint's ciphertext as
 // part of a restore: the service authorises it with the verb restore

@@ -308,11 +308,15 @@ func (x *Index) load(ctx context.Context, base string, objs map[string]store.Obj
 		if !ok {
 			continue
 		}
-		if o.Size > remote.MaxInline && sfx != manifest.SuffixManifest || o.Size > manifest.MaxSize {
+		limit := int64(manifest.MaxSignatureSize)
+		if sfx == manifest.SuffixManifest {
+			limit = manifest.MaxSize
+		}
+		if o.Size > limit {
 			e.Problem = fmt.Sprintf("%s is %d bytes, more than a real one can be", o.Key, o.Size)
 			continue
 		}
-		b, err := store.ReadSmall(ctx, x.st, o.Key, max(remote.MaxInline, manifest.MaxSize))
+		b, err := store.ReadSmall(ctx, x.st, o.Key, limit)
 		if err != nil {
 			e.Problem = fmt.Sprintf("reading %s: %v", o.Key, err)
 			continue

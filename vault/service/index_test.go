@@ -1,14 +1,19 @@
 package service
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/checkpoint-vault/ckvault/vault/manifest"
 	"github.com/checkpoint-vault/ckvault/vault/remote"
+	"github.com/checkpoint-vault/ckvault/vault/store"
 	"github.com/checkpoint-vault/ckvault/vault/store/filestore"
 )
 
@@ -85,4 +90,46 @@ func openTestIndex(tb testing.TB) *Index {
 	must(tb, err)
 	tb.Cleanup(func() { x.Close() })
 	return x
+}
+
+// TestIndexBoundsSmallObjects: the index reads a checkpoint's manifest and
+// signatures whole, so each is bounded by what a real one can be
+// (manifest.MaxSize, manifest.MaxSignatureSize): one a byte larger is the
+// entry's problem, not bytes the service holds; one at the bound is read.
+func TestIndexBoundsSmallObjects(t *testing.T) {
+	st, err := filestore.New(t.TempDir())
+	must(t, err)
+	put := func(key string, size int) {
+		t.Helper()
+		_, err := st.Put(context.Background(), key, bytes.NewReader(make([]byte, size)), int64(size), store.PutOptions{})
+		must(t, err)
+	}
+	const prefix = "web/pod/app/20260301T000000Z-node-a-"
+	bigManifest, bigSig, atBound := prefix+"00000000000000aa", prefix+"00000000000000bb", prefix+"00000000000000cc"
+	put(bigManifest+manifest.SuffixManifest, manifest.MaxSize+1)
+	put(bigSig+manifest.SuffixManifest, 100)
+	put(bigSig+manifest.SuffixManifestSig, manifest.MaxSignatureSize+1)
+	put(atBound+manifest.SuffixManifest, 100)
+	put(atBound+manifest.SuffixManifestSig, manifest.MaxSignatureSize)
+	x, err := OpenIndex(filepath.Join(t.TempDir(), "index.db"), st, nil, slog.Default())
+	must(t, err)
+	t.Cleanup(func() { x.Close() })
+	if _, err := x.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for base, tooLarge := range map[string]string{bigManifest: manifest.SuffixManifest, bigSig: manifest.SuffixManifestSig, atBound: ""} {
+		e, ok, err := x.Get(base)
+		if err != nil || !ok {
+			t.Fatalf("%s: not indexed (%v)", base, err)
+		}
+		said := strings.Contains(e.Problem, "more than a real one can be")
+		switch {
+		case tooLarge != "" && (!said || !strings.Contains(e.Problem, base+tooLarge)):
+			t.Errorf("%s: problem %q, want %s named as too large", base, e.Problem, tooLarge)
+		case tooLarge == "" && said:
+			t.Errorf("%s: problem %q for a signature at the bound", base, e.Problem)
+		case tooLarge == "" && len(e.Signatures[manifest.SuffixManifestSig]) != manifest.MaxSignatureSize:
+			t.Errorf("%s: the signature at the bound was not read (%d bytes)", base, len(e.Signatures[manifest.SuffixManifestSig]))
+		}
+	}
 }
