@@ -264,7 +264,9 @@ type Plan struct {
 	// Abandon lists interrupted deletions whose checkpoint is still whole
 	// and now pinned or locked: their intent is removed, audited.
 	Abandon []Held `json:"abandon"`
-	// Unverified manifests: kept, reported.
+	// Unverified lists what GC keeps because it cannot vouch for it:
+	// manifests that do not verify or cannot be read, intents it cannot
+	// take as its own, and objects under keys that are not a checkpoint's.
 	Unverified []Problem `json:"unverified"`
 	// Checkpoints is the number of verified checkpoints seen; Kept the
 	// number that stay.
