@@ -33,11 +33,7 @@ func TestBucketPolicies(t *testing.T) {
 	srv := testservers.Shared(t, testservers.MinIO)
 	ctx := context.Background()
 	prefix := strings.TrimSuffix(storetest.RandomPrefix(), "/")
-	adm, err := madmin.New(srv.Host, srv.AccessKey, srv.SecretKey, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	adm.SetCustomTransport(srv.HTTPClient().Transport)
+	adm := srv.Admin(t)
 
 	policies := map[string]string{}
 	for _, name := range []string{"node", "service", "gc", "gc-bypass-governance"} {
@@ -105,7 +101,7 @@ func TestBucketPolicies(t *testing.T) {
 	allowed("node puts its checkpoint under compliance retention", put(nodeA, compliance, store.Retention{Mode: "compliance", Until: until}))
 	allowed("node puts its checkpoint under governance retention", put(nodeA, governance, store.Retention{Mode: "governance", Until: until}))
 	allowed("node puts a manifest", put(nodeA, own+".manifest.json", store.Retention{}))
-	_, err = nodeA.Stat(ctx, compliance)
+	_, err := nodeA.Stat(ctx, compliance)
 	allowed("node reads back its object", err)
 	allowed("node checks the bucket", nodeA.Check(ctx))
 	allowed("node exports its audit segment", put(nodeA, "audit/node-a/00000000000000000001-00000000000000000002.jsonl", store.Retention{}))

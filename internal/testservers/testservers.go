@@ -33,6 +33,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/madmin-go/v3"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
@@ -279,7 +280,7 @@ func (s *Server) Start() error {
 		return err
 	}
 	for {
-		_, err := c.ListBuckets(ctx)
+		err := s.ready(ctx, c)
 		if err == nil {
 			return nil
 		}
@@ -293,6 +294,29 @@ func (s *Server) Start() error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// ready reports whether the server answers an authenticated S3 request
+// and, for MinIO, has loaded its IAM state. MinIO answers S3 requests with
+// root credentials before that first load ends, and the first load replaces
+// its whole IAM cache with what it read from disk (cmd/iam-store.go,
+// LoadIAMCache: "|| firstTime"): a policy or user a test adds in that window
+// is stored but forgotten, and attaching the policy then fails with "The
+// canned policy does not exist" (seen once in CI, in TestBucketPolicies).
+// madmin's ListUsers blocks until the first load is done.
+func (s *Server) ready(ctx context.Context, c *minio.Client) error {
+	if _, err := c.ListBuckets(ctx); err != nil {
+		return err
+	}
+	if s.Kind != MinIO {
+		return nil
+	}
+	adm, err := s.admin()
+	if err != nil {
+		return err
+	}
+	_, err = adm.ListUsers(ctx)
+	return err
 }
 
 // Stop kills the server at once (SIGKILL: the point is to simulate a crash
@@ -363,6 +387,30 @@ func (s *Server) Client(tb testing.TB) *minio.Client {
 		tb.Fatal(err)
 	}
 	return c
+}
+
+func (s *Server) admin() (*madmin.AdminClient, error) {
+	adm, err := madmin.New(s.Host, s.AccessKey, s.SecretKey, true)
+	if err != nil {
+		return nil, err
+	}
+	adm.SetCustomTransport(s.HTTPClient().Transport)
+	return adm, nil
+}
+
+// Admin returns a MinIO admin client with root credentials, for tests that
+// create identities and policies. The server has finished loading its IAM
+// state (see ready), so what they add is kept.
+func (s *Server) Admin(tb testing.TB) *madmin.AdminClient {
+	tb.Helper()
+	if s.Kind != MinIO {
+		tb.Fatalf("%s has no MinIO admin API", s.Kind)
+	}
+	adm, err := s.admin()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return adm
 }
 
 // NewBucket creates another bucket, with or without Object Lock, and

@@ -34,11 +34,7 @@ func (e *env) roleStore(t *testing.T, user string, policies ...string) gc.Store 
 		t.Fatal(err)
 	}
 	bucket, prefix, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
-	adm, err := madmin.New(srv.Host, srv.AccessKey, srv.SecretKey, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	adm.SetCustomTransport(srv.HTTPClient().Transport)
+	adm := srv.Admin(t)
 	ctx := context.Background()
 	var names []string
 	for _, p := range policies {
